@@ -1,0 +1,51 @@
+# forkwatch — `make help` lists the targets.
+
+GO        ?= go
+# The BPF objects are generated with this exact compiler (Debian 12's
+# clang-19) so that a regeneration reproduces the committed files.
+CLANG     ?= clang-19
+LLVMSTRIP ?= llvm-strip-19
+BPF_CFLAGS := -O2 -g -Wall -Werror
+
+export BPF2GO_CC     := $(CLANG)
+export BPF2GO_STRIP  := $(LLVMSTRIP)
+export BPF2GO_CFLAGS := $(BPF_CFLAGS)
+
+GENERATED := tracer/forkwatch_x86_bpfel.go tracer/forkwatch_x86_bpfel.o
+
+.PHONY: help build run generate check-generate vet test test-unit test-e2e fuzz clean
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/forkwatch (no clang needed: the BPF objects are committed)
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/forkwatch ./cmd/forkwatch
+
+run: build ## build and run forkwatch on this node (needs root), e.g. make run ARGS="-o json"
+	./bin/forkwatch $(ARGS)
+
+generate: ## regenerate the BPF objects and their Go bindings from bpf/ with $(CLANG)
+	$(GO) generate ./tracer/
+
+check-generate: generate ## fail if the committed BPF objects differ from a regeneration
+	@git diff --exit-code --stat -- $(GENERATED) || { echo "committed BPF objects are stale: run make generate and commit"; exit 1; }
+
+vet: ## go vet and gofmt
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+
+test-unit: ## unit tests (no root needed)
+	$(GO) test ./tracer/... ./output/... ./cmd/...
+
+test-e2e: ## end-to-end tests on this machine's kernel (root; skipped without, failed under CI=true)
+	$(GO) test -count=1 -v ./test/e2e/
+
+fuzz: ## run each fuzz target briefly
+	$(GO) test -run=NONE -fuzz=FuzzDecodeFailure -fuzztime=10s ./tracer/
+
+test: check-generate vet ## the whole suite: generation check, vet, unit, end-to-end, fuzz
+	$(GO) test -count=1 ./...
+	$(MAKE) fuzz
+
+clean: ## remove build outputs
+	rm -rf bin

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func parse(args ...string) (Flags, error) {
+	var f Flags
+	fs := pflag.NewFlagSet("forkwatch", pflag.ContinueOnError)
+	fs.SetOutput(devNull{})
+	f.SetFlags(fs)
+	return f, f.Parse(fs, args)
+}
+
+func TestFlagsDefaults(t *testing.T) {
+	f, err := parse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Output != "text" || f.Mode != "auto" || f.Duration != 0 || f.PodLogsDir != "/var/log/pods" || f.podLogsDirSet {
+		t.Fatalf("defaults: %+v", f)
+	}
+}
+
+func TestFlagsValues(t *testing.T) {
+	f, err := parse("-o", "json", "--duration", "90s", "--mode", "tracepoint", "--pod-logs-dir", "/x", "--cgroup-root=/y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Output != "json" || f.Mode != "tracepoint" || f.Duration != 90*time.Second || f.PodLogsDir != "/x" || !f.podLogsDirSet || f.CgroupRoot != "/y" {
+		t.Fatalf("parsed: %+v", f)
+	}
+}
+
+func TestFlagsRejectBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bogus"}, "unknown flag: --bogus"},
+		{[]string{"-o", "xml"}, "must be text or json"},
+		{[]string{"--output=yaml"}, "must be text or json"},
+		{[]string{"--mode", "magic"}, "must be one of auto, tracepoint"},
+		{[]string{"--duration", "soon"}, "invalid argument"},
+		{[]string{"--duration", "-5s"}, "must be positive"},
+		{[]string{"--ring-buffer-size", "5000"}, "power of two"},
+		{[]string{"extra"}, `unexpected argument "extra"`},
+	} {
+		_, err := parse(tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want one containing %q", tc.args, err, tc.want)
+		}
+	}
+}

@@ -1,0 +1,71 @@
+// Command forkwatch shows, live, every fork/clone on this node that fails
+// because a PID or thread limit ran out: who called, which limit refused it,
+// and which pod it belongs to.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/pflag"
+)
+
+// usageError is bad input or an environment forkwatch cannot run in: one
+// line on stderr, exit code 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:])
+	stop()
+	switch {
+	case err == nil:
+	case errors.Is(err, pflag.ErrHelp):
+	case errors.Is(err, errRisksFound):
+		os.Exit(1) // doctor's report said it all
+
+	case errors.As(err, new(usageError)):
+		fmt.Fprintf(os.Stderr, "forkwatch: %v\n", err)
+		os.Exit(2)
+	default:
+		fmt.Fprintf(os.Stderr, "forkwatch: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	if len(args) > 0 && args[0] == "doctor" {
+		return runDoctor(args[1:], os.Stdout)
+	}
+	var flags Flags
+	fs := pflag.NewFlagSet("forkwatch", pflag.ContinueOnError)
+	fs.SortFlags = false
+	flags.SetFlags(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: forkwatch [flags]\n       forkwatch doctor [flags]   check the node's PID and thread limits\n\nShows every fork/clone that fails for lack of PIDs or threads, the limit that\nrefused it and the pod that called, and which pods create threads fastest.\n\nFlags:\n%s", fs.FlagUsages())
+	}
+	fs.SetOutput(devNull{})
+	if err := flags.Parse(fs, args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			fs.Usage()
+			return err
+		}
+		return usagef("%v (see forkwatch --help)", err)
+	}
+	return watch(ctx, &flags)
+}
+
+type devNull struct{}
+
+func (devNull) Write(p []byte) (int, error) { return len(p), nil }

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/forkwatch/forkwatch/output"
+	"github.com/forkwatch/forkwatch/tracer"
+	"github.com/forkwatch/forkwatch/tracer/kube"
+	"github.com/forkwatch/forkwatch/tracer/rates"
+)
+
+// tick paces folding, flushing and the lost-event check; every secondTicks
+// ticks the node limits are re-read and the per-pod rates sampled.
+const (
+	tick        = 100 * time.Millisecond
+	secondTicks = 10
+)
+
+// victimWindow: a process that exits this soon after its last failed fork
+// is reported as a victim of the limit (calico-node exiting with code 2
+// 180 ms after 20 failed clones is the crash the on-call is looking at).
+const victimWindow = 5 * time.Second
+
+// watch attaches, streams events to the writer until ctx is done or the
+// duration ends, then detaches.
+func watch(ctx context.Context, flags *Flags) error {
+	if err := tracer.CheckPrivileges(); err != nil {
+		return usageError{err}
+	}
+	root, err := tracer.DetectCgroupRoot(flags.CgroupRoot)
+	if err != nil {
+		return usagef("--cgroup-root: %v; point it at the mount of the cgroup hierarchy with the pids controller, e.g. /sys/fs/cgroup", err)
+	}
+	pods, err := kube.NewPodDirectory(flags.PodLogsDir)
+	if err != nil {
+		if flags.podLogsDirSet || flags.Pod != "" {
+			return usagef("--pod-logs-dir: %v; give kubelet's pod log directory (default %s)", err, defaultPodLogsDir)
+		}
+		fmt.Fprintf(os.Stderr, "forkwatch: %s not found, pods will be named by UID only (set --pod-logs-dir)\n", flags.PodLogsDir)
+		pods = nil
+	}
+	var tail *podTail
+	if flags.Pod != "" {
+		tail = &podTail{pods: pods, ns: flags.Namespace, name: flags.Pod}
+		if len(pods.Find(tail.ns, tail.name)) == 0 {
+			if !flags.Wait {
+				return usagef("pod %s not found in %s; check the name (and -n), or add --wait to wait for it", tail.describe(), flags.PodLogsDir)
+			}
+			fmt.Fprintf(os.Stderr, "forkwatch: pod %s does not exist yet, waiting for it\n", tail.describe())
+		}
+	}
+	if err := tracer.EnsureTracefs(); err != nil {
+		return usageError{err}
+	}
+
+	// The node may be out of PIDs: create every OS thread forkwatch will
+	// need now, while it still can.
+	tracer.PrestartThreads()
+
+	t, err := tracer.New(tracer.Options{Mode: tracer.Mode(flags.Mode), RingBufferSize: flags.RingBufferSize, Tail: tail != nil})
+	if err != nil {
+		return usageError{err}
+	}
+	defer t.Close()
+
+	attr := &tracer.Attributor{Pods: pods}
+	var w output.Writer
+	if flags.Output == "json" {
+		w = output.NewJSON(os.Stdout)
+	} else {
+		text := output.NewText(os.Stdout)
+		text.HostPIDNamespace = tracer.HostPIDNamespace()
+		text.Live = tail == nil && isTerminal(os.Stdout)
+		w = text
+	}
+	if err := w.Attached(t.Mode(), t.Attached()); err != nil {
+		return err
+	}
+	sampler := tracer.NewSampler(t, root, attr, rates.DefaultConfig)
+	paths := tracer.NewCgroupPaths(root.Path)
+	if tail != nil {
+		tail.tracer, tail.paths = t, paths
+		if err := tail.refresh(); err != nil {
+			return err
+		}
+	}
+	if flags.ReadyFile != "" {
+		if err := os.WriteFile(flags.ReadyFile, nil, 0o644); err != nil {
+			return fmt.Errorf("--ready-file: %w", err)
+		}
+		defer os.Remove(flags.ReadyFile)
+	}
+
+	if flags.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, flags.Duration)
+		defer cancel()
+	}
+
+	var mu sync.Mutex // serialises the writer between the reader and the ticker
+	readErr := make(chan error, 1)
+	go func() { readErr <- readEvents(t, attr, tail, w, &mu) }()
+
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	var lostSeen uint64
+	intervalTicks := int(flags.Interval / tick)
+	for n := 1; ; n++ {
+		select {
+		case <-ctx.Done():
+			t.StopReading()
+			err := <-readErr
+			mu.Lock()
+			defer mu.Unlock()
+			if lerr := reportLost(t, w, &lostSeen); lerr != nil && err == nil {
+				err = lerr
+			}
+			if cerr := w.Close(); err == nil {
+				err = cerr
+			}
+			return err
+		case err := <-readErr:
+			return err
+		case now := <-ticker.C:
+			var snap tracer.Snapshot
+			second := n%secondTicks == 0
+			if second {
+				if err := t.RefreshNodeLimits(); err != nil {
+					return err
+				}
+				if tail != nil {
+					if err := tail.refresh(); err != nil {
+						return err
+					}
+				} else if snap, err = sampler.Sample(now); err != nil {
+					return err
+				}
+			}
+			mu.Lock()
+			err := reportLost(t, w, &lostSeen)
+			if err == nil && second && tail == nil {
+				err = w.Rates(&snap, n%intervalTicks == 0)
+			}
+			if err == nil {
+				err = w.Flush(now)
+			}
+			mu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// readEvents decodes ring-buffer records until the tracer stops reading.
+func readEvents(t *tracer.Tracer, attr *tracer.Attributor, tail *podTail, w output.Writer, mu *sync.Mutex) error {
+	clock := tracer.NewClock()
+	var (
+		raw ringbuf.Record
+		rec tracer.Record
+	)
+	for {
+		if err := t.ReadRecord(&raw); err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("reading events: %w", err)
+		}
+		if err := tracer.Decode(raw.RawSample, clock, &rec); err != nil {
+			return err
+		}
+		victim := !rec.IsFailure && rec.Task.Failures > 0 && rec.Task.Time.Sub(rec.Task.LastFailure) <= victimWindow
+		if !rec.IsFailure && !victim && tail == nil {
+			continue // exited long after its failures: not their victim
+		}
+		attr.Attribute(&rec)
+		if tail != nil && !tail.matches(&rec) {
+			continue
+		}
+		mu.Lock()
+		var err error
+		if rec.IsFailure {
+			err = w.Failure(&rec.Failure)
+		} else {
+			err = w.Task(&rec.Task)
+		}
+		mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func reportLost(t *tracer.Tracer, w output.Writer, seen *uint64) error {
+	total, err := t.EventsLost()
+	if err != nil {
+		return err
+	}
+	if total == *seen {
+		return nil
+	}
+	delta := total - *seen
+	*seen = total
+	return w.EventsLost(time.Now(), delta, total)
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// podTail keeps the kernel's tailed cgroups set to the cgroups of the pods
+// named by --pod (and -n): pods that start later, or are recreated under the
+// same name, are picked up within a second.
+type podTail struct {
+	pods     *kube.PodDirectory
+	ns, name string
+	tracer   *tracer.Tracer
+	paths    *tracer.CgroupPaths
+
+	mu     sync.Mutex
+	uids   map[string]bool
+	tailed map[uint64]bool
+}
+
+func (p *podTail) describe() string {
+	if p.ns == "" {
+		return p.name
+	}
+	return p.ns + "/" + p.name
+}
+
+func (p *podTail) refresh() error {
+	uids := map[string]bool{}
+	want := map[uint64]bool{}
+	for _, pod := range p.pods.Find(p.ns, p.name) {
+		uids[pod.UID] = true
+		for id := range p.paths.PodCgroups(pod.UID) {
+			want[id] = true
+		}
+	}
+	for id := range want {
+		if !p.tailed[id] {
+			if err := p.tracer.Tail(id); err != nil {
+				return err
+			}
+		}
+	}
+	for id := range p.tailed {
+		if !want[id] {
+			if err := p.tracer.Untail(id); err != nil {
+				return err
+			}
+		}
+	}
+	p.mu.Lock()
+	p.uids, p.tailed = uids, want
+	p.mu.Unlock()
+	return nil
+}
+
+// matches reports whether an event belongs to the tailed pod.
+func (p *podTail) matches(r *tracer.Record) bool {
+	who := r.Task.Who
+	if r.IsFailure {
+		who = r.Failure.Who
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return who.Pod != nil && p.uids[who.Pod.UID]
+}

@@ -1,0 +1,71 @@
+package output
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"time"
+
+	"github.com/forkwatch/forkwatch/tracer"
+)
+
+// JSON writes JSON Lines: one object per event, each with "time" and
+// "event". Output is buffered and written out on Flush.
+type JSON struct {
+	w   *bufio.Writer
+	enc *json.Encoder
+}
+
+// NewJSON returns a JSON Lines writer on w.
+func NewJSON(w io.Writer) *JSON {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	return &JSON{w: bw, enc: json.NewEncoder(bw)}
+}
+
+type attachedEvent struct {
+	Time     time.Time           `json:"time"`
+	Event    string              `json:"event"`
+	Mode     tracer.Mode         `json:"mode"`
+	Programs []attachedProgramJS `json:"programs"`
+}
+
+type attachedProgramJS struct {
+	Program string `json:"program"`
+	Hook    string `json:"hook"`
+}
+
+// Attached writes {"event":"attached","mode":…,"programs":[{"program","hook"}…]}.
+func (j *JSON) Attached(mode tracer.Mode, attached []tracer.Attachment) error {
+	ev := attachedEvent{Time: time.Now(), Event: "attached", Mode: mode}
+	for _, a := range attached {
+		ev.Programs = append(ev.Programs, attachedProgramJS{Program: a.Program, Hook: a.Hook})
+	}
+	if err := j.enc.Encode(ev); err != nil {
+		return err
+	}
+	return j.w.Flush()
+}
+
+// Failure writes one fork_failed object.
+func (j *JSON) Failure(f *tracer.Failure) error { return j.enc.Encode(f) }
+
+// Task writes one task_created or task_exited object.
+func (j *JSON) Task(ev *tracer.TaskEvent) error { return j.enc.Encode(ev) }
+
+type lostEvent struct {
+	Time  time.Time `json:"time"`
+	Event string    `json:"event"`
+	Count uint64    `json:"count"`
+	Total uint64    `json:"total"`
+}
+
+// EventsLost writes {"event":"events_lost","count":N,"total":M}.
+func (j *JSON) EventsLost(at time.Time, delta, total uint64) error {
+	return j.enc.Encode(lostEvent{Time: at, Event: "events_lost", Count: delta, Total: total})
+}
+
+// Flush writes buffered lines out.
+func (j *JSON) Flush(time.Time) error { return j.w.Flush() }
+
+// Close writes buffered lines out.
+func (j *JSON) Close() error { return j.w.Flush() }

@@ -1,0 +1,234 @@
+package output
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/forkwatch/forkwatch/tracer"
+)
+
+// Go's runtime retries a failed clone up to 20 times, sleeping 1, 2, … 20 ms
+// between tries (retryOnEAGAIN): ~210 ms for a whole burst, never more than
+// ~20 ms between two tries. glibc's callers and shells retry similarly. The
+// text view folds a burst from one thread against one limit into one line.
+const (
+	// foldQuiet ends a burst: no further failure of it for this long.
+	foldQuiet = 150 * time.Millisecond
+	// foldMaxAge bounds how long a line is held back, so a thread retrying
+	// forever still shows up within a second.
+	foldMaxAge = time.Second
+)
+
+// Text writes one line per failure, or per burst of retries.
+type Text struct {
+	w *bufio.Writer
+	// HostPIDNamespace is the inode of the node's PID namespace; pid_max
+	// failures in other namespaces name theirs.
+	HostPIDNamespace uint64
+	// Live redraws a top-like table every second (on a terminal); event
+	// lines then go below the table instead of scrolling.
+	Live bool
+
+	folds  map[foldKey]*fold
+	recent []string
+}
+
+type foldKey struct {
+	pid, tid uint32
+	syscall  string
+	errno    string
+	cause    tracer.Cause
+	// The limit's identity; rlimit_nproc's uid is the caller's, already
+	// in the key through pid.
+	limitCgroup string
+	limitNS     uint64
+}
+
+type fold struct {
+	first, last time.Time
+	count       int
+	f           tracer.Failure
+}
+
+// NewText returns a text writer on w.
+func NewText(w io.Writer) *Text {
+	return &Text{w: bufio.NewWriter(w), folds: make(map[foldKey]*fold)}
+}
+
+// Attached writes the chosen mode and hooks.
+func (t *Text) Attached(mode tracer.Mode, attached []tracer.Attachment) error {
+	hooks := make([]string, len(attached))
+	for i, a := range attached {
+		hooks[i] = a.Hook
+	}
+	fmt.Fprintf(t.w, "forkwatch: %s mode, attached to %s\n", mode, strings.Join(hooks, ", "))
+	return t.w.Flush()
+}
+
+// Failure holds the failure back until its burst ends (see Flush).
+func (t *Text) Failure(f *tracer.Failure) error {
+	k := foldKey{pid: f.PID, tid: f.TID, syscall: f.Syscall, errno: f.Errno, cause: f.Cause}
+	if l := f.Limit; l != nil {
+		k.limitCgroup, k.limitNS = l.Cgroup, l.PIDNamespace
+	}
+	if fd, ok := t.folds[k]; ok {
+		fd.count++
+		fd.last = f.Time
+		fd.f = *f // the latest use of the limit
+		return nil
+	}
+	t.folds[k] = &fold{first: f.Time, last: f.Time, count: 1, f: *f}
+	return nil
+}
+
+// Task writes a line per created or exited task, e.g.
+//
+//	14:02:11  + thread   java[88123] tid 88200 (shop/cart-7d9)
+//	14:02:12  calico-node[4121] (kube-system/calico-node-56bgm) exited (code 2) 180 ms after 20 failed clones
+func (t *Text) Task(ev *tracer.TaskEvent) error {
+	var b strings.Builder
+	b.WriteString(ev.Time.Format("15:04:05"))
+	b.WriteString("  ")
+	if ev.Failures > 0 {
+		// The failures come first: print the victim's bursts now.
+		if err := t.flush(func(k foldKey, _ *fold) bool { return k.pid == ev.PID }); err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s[%d] (%s) exited (%s) %d ms after %d failed %ss",
+			ev.Comm, ev.PID, Who(ev.Cgroup, ev.Who), exitText(ev),
+			ev.Time.Sub(ev.LastFailure).Milliseconds(), ev.Failures, ev.FailedSyscall)
+	} else {
+		sign := "+"
+		if ev.Event == "task_exited" {
+			sign = "-"
+		}
+		fmt.Fprintf(&b, "%s %-7s  %s[%d]", sign, ev.Kind, ev.Comm, ev.PID)
+		if ev.TID != ev.PID {
+			fmt.Fprintf(&b, " tid %d", ev.TID)
+		}
+		fmt.Fprintf(&b, " (%s)", Who(ev.Cgroup, ev.Who))
+		if ev.Event == "task_exited" && ev.Kind == tracer.KindProcess {
+			b.WriteString(" " + exitText(ev))
+		}
+	}
+	t.emit(b.String())
+	return nil
+}
+
+func exitText(ev *tracer.TaskEvent) string {
+	if ev.Signal != "" {
+		return "killed by " + ev.Signal
+	}
+	if ev.ExitCode != nil {
+		return fmt.Sprintf("code %d", *ev.ExitCode)
+	}
+	return "exited"
+}
+
+// EventsLost writes a warning line at once.
+func (t *Text) EventsLost(at time.Time, delta, total uint64) error {
+	t.emit(fmt.Sprintf("%s  WARNING: %d events lost (ring buffer full; %d lost since start)",
+		at.Format("15:04:05"), delta, total))
+	return t.w.Flush()
+}
+
+// Flush prints the bursts that ended (quiet for foldQuiet) or that have been
+// held for foldMaxAge, oldest first.
+func (t *Text) Flush(now time.Time) error {
+	return t.flush(func(_ foldKey, fd *fold) bool {
+		return now.Sub(fd.last) >= foldQuiet || now.Sub(fd.first) >= foldMaxAge
+	})
+}
+
+// Close prints every burst still held.
+func (t *Text) Close() error {
+	return t.flush(func(foldKey, *fold) bool { return true })
+}
+
+// flush prints the bursts for which due is true, oldest first.
+func (t *Text) flush(due func(foldKey, *fold) bool) error {
+	var keys []foldKey
+	for k, fd := range t.folds {
+		if due(k, fd) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool { return t.folds[keys[i]].first.Before(t.folds[keys[j]].first) })
+	for _, k := range keys {
+		fd := t.folds[k]
+		delete(t.folds, k)
+		t.emit(t.line(fd))
+	}
+	return t.w.Flush()
+}
+
+// emit writes an event line, or keeps it for the live view.
+func (t *Text) emit(line string) {
+	if t.Live {
+		t.remember(line)
+		return
+	}
+	t.w.WriteString(line)
+	t.w.WriteByte('\n')
+}
+
+// line renders e.g.
+//
+//	14:02:11  EAGAIN ×20  calico-node[4121] (kube-system/calico-node-56bgm)  pids cgroup /kubepods at 49152/49152
+func (t *Text) line(fd *fold) string {
+	f := &fd.f
+	var b strings.Builder
+	b.WriteString(fd.first.Format("15:04:05"))
+	b.WriteString("  ")
+	b.WriteString(f.Errno)
+	if fd.count > 1 {
+		fmt.Fprintf(&b, " ×%d", fd.count)
+	}
+	fmt.Fprintf(&b, "  %s[%d]", f.Comm, f.PID)
+	if f.TID != f.PID {
+		fmt.Fprintf(&b, " tid %d", f.TID)
+	}
+	b.WriteString(" (")
+	b.WriteString(Who(f.Cgroup, f.Who))
+	b.WriteString(")  ")
+	b.WriteString(t.limitText(f))
+	return b.String()
+}
+
+// Who names a task: namespace/pod, the pod UID when kubelet's log
+// directory did not name it, or its cgroup's owner (e.g. kubelet.service).
+func Who(cgroup string, w tracer.Who) string {
+	switch {
+	case w.Pod != nil && w.Pod.Name != "":
+		return w.Pod.Namespace + "/" + w.Pod.Name
+	case w.Pod != nil:
+		return "pod " + w.Pod.UID
+	case w.Owner != "":
+		return w.Owner
+	}
+	return cgroup
+}
+
+func (t *Text) limitText(f *tracer.Failure) string {
+	l := f.Limit
+	switch {
+	case f.Cause == tracer.CausePidsCgroup && l != nil:
+		return fmt.Sprintf("pids cgroup %s at %d/%d", l.Cgroup, l.Current, l.Max)
+	case f.Cause == tracer.CausePidMax && l != nil:
+		if t.HostPIDNamespace != 0 && l.PIDNamespace != t.HostPIDNamespace {
+			return fmt.Sprintf("pid_max of PID namespace %d: %d/%d PIDs in use", l.PIDNamespace, l.Current, l.Max)
+		}
+		return fmt.Sprintf("pid_max: %d/%d PIDs in use", l.Current, l.Max)
+	case f.Cause == tracer.CauseRlimitNproc && l != nil && l.UID != nil:
+		return fmt.Sprintf("ulimit -u of uid %d: %d/%d tasks", *l.UID, l.Current, l.Max)
+	case f.Cause == tracer.CauseThreadsMax && l != nil:
+		return fmt.Sprintf("threads-max: %d/%d tasks", l.Current, l.Max)
+	case f.Cause == tracer.CauseNoMemory:
+		return "out of memory"
+	}
+	return "no limit at its edge (cause unknown)"
+}

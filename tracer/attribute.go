@@ -1,0 +1,45 @@
+package tracer
+
+import "github.com/forkwatch/forkwatch/tracer/kube"
+
+// Attributor names the pod, container or system unit behind a cgroup path,
+// without the API server: the path gives the pod UID and container ID, and
+// kubelet's pod log directories give the pod's namespace and name.
+type Attributor struct {
+	Pods *kube.PodDirectory // nil: pods are named by UID only
+}
+
+// Who is what a cgroup path says about the tasks in it.
+type Who struct {
+	Pod         *kube.Pod `json:"pod,omitempty"` // nil outside pods
+	ContainerID string    `json:"container_id,omitempty"`
+	// Owner names a task outside any pod by its cgroup, e.g. kubelet.service.
+	Owner string `json:"owner,omitempty"`
+}
+
+// Resolve names the owner of a cgroup path. The paths come from the kernel
+// with each record, so this works after the cgroup is gone.
+func (a *Attributor) Resolve(cgroup string) Who {
+	info := kube.ParseCgroupPath(cgroup)
+	w := Who{ContainerID: info.ContainerID, Owner: info.Owner}
+	if info.PodUID == "" {
+		return w
+	}
+	pod := kube.Pod{UID: info.PodUID}
+	if a.Pods != nil {
+		if p, ok := a.Pods.Lookup(info.PodUID); ok {
+			pod = p
+		}
+	}
+	w.Pod = &pod
+	return w
+}
+
+// Attribute fills the record's pod, container and owner.
+func (a *Attributor) Attribute(r *Record) {
+	if r.IsFailure {
+		r.Failure.Who = a.Resolve(r.Failure.Cgroup)
+	} else {
+		r.Task.Who = a.Resolve(r.Task.Cgroup)
+	}
+}

@@ -1,0 +1,92 @@
+package tracer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Capabilities (include/uapi/linux/capability.h). CAP_BPF and CAP_PERFMON
+// split BPF loading and tracing off CAP_SYS_ADMIN in 5.8.
+const (
+	capSysAdmin = 21
+	capPerfmon  = 38
+	capBPF      = 39
+)
+
+// CheckPrivileges returns an error naming what is missing when the process
+// cannot load and attach tracing programs.
+func CheckPrivileges() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("reading capabilities: %w", err)
+	}
+	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	if has(capSysAdmin) || (has(capBPF) && has(capPerfmon)) {
+		return nil
+	}
+	return errors.New("needs root (or CAP_BPF and CAP_PERFMON, CAP_SYS_ADMIN before kernel 5.8) to load its BPF programs; run it with sudo")
+}
+
+// EnsureTracefs mounts tracefs at /sys/kernel/tracing when neither it nor
+// debugfs's tracing directory is there: tracepoints are attached through it.
+func EnsureTracefs() error {
+	for _, dir := range []string{"/sys/kernel/tracing", "/sys/kernel/debug/tracing"} {
+		if _, err := os.Stat(dir + "/events"); err == nil {
+			return nil
+		}
+	}
+	if err := unix.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
+		return fmt.Errorf("tracefs is not mounted and mounting it at /sys/kernel/tracing failed (%v); mount it: mount -t tracefs tracefs /sys/kernel/tracing", err)
+	}
+	return nil
+}
+
+// prestartedThreads is how many OS threads forkwatch creates at start: the
+// ring-buffer reader blocked in epoll, the ticker, the metrics server, the
+// garbage collector and a few spare for blocking syscalls.
+const prestartedThreads = 8
+
+var prestartOnce sync.Once
+
+// PrestartThreads makes the Go runtime create its OS threads now. forkwatch
+// runs when the node is out of PIDs, and a Go program that needs a new
+// thread then dies with "failed to create new OS thread" like the daemons
+// it is watching. Goroutines locked to their threads force one thread each;
+// unlocked again, the threads park in the runtime's idle list for reuse.
+func PrestartThreads() {
+	prestartOnce.Do(func() {
+		var started, release sync.WaitGroup
+		started.Add(prestartedThreads)
+		release.Add(1)
+		var done sync.WaitGroup
+		done.Add(prestartedThreads)
+		for i := 0; i < prestartedThreads; i++ {
+			go func() {
+				defer done.Done()
+				runtime.LockOSThread()
+				started.Done()
+				release.Wait()
+				runtime.UnlockOSThread()
+			}()
+		}
+		started.Wait()
+		release.Done()
+		done.Wait()
+	})
+}
+
+// HostPIDNamespace is the inode of forkwatch's own PID namespace (the node's,
+// when it runs on the host or with hostPID), or 0 if unknown.
+func HostPIDNamespace() uint64 {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {
+		return 0
+	}
+	return st.Ino
+}
