@@ -58,8 +58,7 @@ func run(ctx context.Context, args []string) error {
 	fs.SetOutput(devNull{})
 	if err := flags.Parse(fs, args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			fs.Usage()
-			return err
+			return err // pflag printed the usage
 		}
 		return usagef("%v (see forkwatch --help)", err)
 	}
