@@ -173,13 +173,16 @@ func writeTable(w io.StringWriter, s *tracer.Snapshot) {
 			lim = fmt.Sprintf("%s (%d left)", p.Limit.Name, p.Limit.Headroom)
 		}
 		w.WriteString(fmt.Sprintf("  %-40s %8s %8s %8s %+8.0f %8s %8s %8s %7s  %s\n",
-			clip(name, 40), num(p.Rate1s), num(p.Rate10s), num(p.Rate60s), p.Net10s,
+			clip(name, 40), num(p.Rate1s), num(p.Rate10s), num(p.Rate60s), math.Round(p.Net10s)+0,
 			num(p.P50), num(p.P99), num(p.Max), tasks, lim))
 	}
 	w.WriteString(fmt.Sprintf("  %-40s %17s %8s  %s\n", "LIMIT", "USED", "NET/s", "RUNS OUT IN"))
 	for _, f := range s.Forecasts {
 		left := "-"
-		if f.HasForecast {
+		switch {
+		case f.HasForecast && f.SecondsLeft > 86400:
+			left = "> 1 day"
+		case f.HasForecast:
 			left = (time.Duration(f.SecondsLeft) * time.Second).String()
 		}
 		w.WriteString(fmt.Sprintf("  %-40s %17s %+8.1f  %s\n", clip(f.Limit, 40), fmt.Sprintf("%d/%d", f.Current, f.Max), f.Growth, left))

@@ -63,13 +63,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+func isCI() bool { return os.Getenv("CI") == "true" }
+
 // requireRoot skips a test that needs root, or fails it under CI.
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() == 0 {
 		return
 	}
-	if os.Getenv("CI") == "true" {
+	if isCI() {
 		t.Fatal("needs root, and CI=true forbids skipping: run the suite as root")
 	}
 	t.Skip("needs root to load BPF programs and create cgroups")

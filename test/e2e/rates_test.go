@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -130,20 +131,32 @@ func TestLeakerFlaggedWorkerPoolNot(t *testing.T) {
 }
 
 // --pod tails one pod: its creations and exits, and none of another pod's.
+// The pod does not exist yet when forkwatch starts (--wait), and its
+// container's cgroup appears later still: both are picked up.
 func TestPodTail(t *testing.T) {
 	requireRoot(t)
 	tr := newTestTree(t)
 	mine := pod{Namespace: "shop", Name: "cart-7d9", UID: newPodUID()}
 	other := pod{Namespace: "batch", Name: "workers-0", UID: newPodUID()}
-	myCg := tr.base + "/kubepods/pod" + mine.UID + "/" + randomHex(32)
+	myPodCg := tr.base + "/kubepods/pod" + mine.UID
+	myCg := myPodCg + "/" + randomHex(32)
 	otherCg := tr.base + "/kubepods/pod" + other.UID + "/" + randomHex(32)
-	tr.mkdir(myCg)
 	tr.mkdir(otherCg)
-	logs := podLogsDir(t, mine, other)
+	logs := podLogsDir(t, other)
 
-	fw := startForkwatch(t, "-o", "json", "--pod", mine.Name, "-n", mine.Namespace, "--pod-logs-dir", logs)
-	_, otherOut := startStorm(t, "churn", "--kind", "thread", "--duration", "2s", "--cgroup", filepath.Join(tr.root, otherCg))
-	_, myOut := startStorm(t, "churn", "--kind", "process", "--duration", "1s", "--cgroup", filepath.Join(tr.root, myCg))
+	fw := startForkwatch(t, "-o", "json", "--pod", mine.Name, "-n", mine.Namespace, "--wait", "--pod-logs-dir", logs)
+	if !strings.Contains(fw.stderr.String(), "does not exist yet, waiting") {
+		t.Fatalf("forkwatch did not say it waits for the pod: %q", fw.stderr.String())
+	}
+	// kubelet creates the pod's log directory and cgroup, then the runtime
+	// the container's cgroup.
+	if err := os.MkdirAll(filepath.Join(logs, mine.Namespace+"_"+mine.Name+"_"+mine.UID), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tr.mkdir(myPodCg)
+	tr.mkdir(myCg)
+	_, otherOut := startStorm(t, "churn", "--kind", "thread", "--duration", "4s", "--cgroup", filepath.Join(tr.root, otherCg))
+	_, myOut := startStorm(t, "churn", "--kind", "process", "--duration", "4s", "--cgroup", filepath.Join(tr.root, myCg))
 	for range myOut {
 	}
 	for range otherOut {
@@ -177,7 +190,7 @@ func TestPodTail(t *testing.T) {
 		if json.Unmarshal([]byte(l), &e) != nil || !strings.HasPrefix(e.Event, "task_") {
 			continue
 		}
-		if e.Pod == nil || *e.Pod != mine || !strings.HasPrefix(e.Cgroup, filepath.Dir(myCg)) {
+		if e.Pod == nil || *e.Pod != mine || e.Cgroup != myCg {
 			t.Fatalf("tail of %s/%s showed %+v", mine.Namespace, mine.Name, e)
 		}
 	}
