@@ -176,7 +176,7 @@ func TestStaleKubepodsQuiet(t *testing.T) {
 		{"pid_max minus reserved", 32768, 192730, 32000},
 		{"equal to pid_max", 32768, 192730, 32768},
 		{"half of pid_max", 32768, 192730, 16384},
-		// kubelet ≥1.2x uses min(pid_max, threads-max): a small node with
+		// newer kubelets use min(pid_max, threads-max): a small node with
 		// systemd's pid_max 4194304 gets about threads-max.
 		{"threads-max smaller", 4194304, 31000, 30000},
 	} {

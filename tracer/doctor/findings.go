@@ -85,7 +85,7 @@ func (c *checker) infoFindings() {
 
 // staleKubepods: kubelet writes kubepods' pids.max once, when it starts:
 // its node allocatable for "pid", i.e. the node's capacity (kernel.pid_max;
-// since kubelet 1.2x the smaller of pid_max and threads-max) minus
+// newer kubelets take the smaller of pid_max and threads-max) minus
 // --system-reserved and --kube-reserved pid when set. It does not follow
 // later sysctl changes. In seed 000/002 pid_max was raised to 1000000, the
 // kubelet kept running, /kubepods/pids.max stayed 49152, and pods ran out at
