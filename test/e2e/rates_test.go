@@ -52,8 +52,9 @@ type spike struct {
 }
 
 // Two pods: a worker pool creating and reaping threads as fast as a core
-// allows, and a service that starts leaking threads mid-run (seed 003). The
-// leaker is flagged within 5 s of the start of its leak, the pool never.
+// allows, and a service that starts leaking threads mid-run, as a leaking
+// service once filled a node's pid_max. The leaker is flagged within 5 s of
+// the start of its leak, the pool never.
 func TestLeakerFlaggedWorkerPoolNot(t *testing.T) {
 	requireRoot(t)
 	tr := newTestTree(t)

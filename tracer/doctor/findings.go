@@ -87,7 +87,7 @@ func (c *checker) infoFindings() {
 // its node allocatable for "pid", i.e. the node's capacity (kernel.pid_max;
 // newer kubelets take the smaller of pid_max and threads-max) minus
 // --system-reserved and --kube-reserved pid when set. It does not follow
-// later sysctl changes. In seed 000/002 pid_max was raised to 1000000, the
+// later sysctl changes. On a CentOS 7 node pid_max was raised to 1000000, the
 // kubelet kept running, /kubepods/pids.max stayed 49152, and pods ran out at
 // 49152 while pid_max looked huge. Reservations are normally a small part
 // of the capacity, so a value below half of it, or above pid_max, was not
@@ -131,7 +131,7 @@ func (c *checker) staleKubepods() {
 // pidMaxBelowPodLimits: pid_max is the node's hard ceiling; limits below it
 // only help if they add up to less. If they allow more, pods can take every
 // PID and the node's own daemons (kubelet, containerd, calico-node, exec
-// probes) fail to fork while no pod is at its limit (seed 001, 003).
+// probes) fail to fork while no pod is at its limit.
 func (c *checker) pidMaxBelowPodLimits() {
 	k, ok := c.r.kubepodsCgroup()
 	pidMax := c.r.Node.PidMax
@@ -187,8 +187,8 @@ func (c *checker) pidMaxBelowPodLimits() {
 	})
 }
 
-// usageAbove80: any limit at or above 80% of its maximum (seed 003's
-// postmortem asked for exactly this alert).
+// usageAbove80: any limit at or above 80% of its maximum: the alert an
+// outage's postmortem asked for after a thread leak filled pid_max.
 func (c *checker) usageAbove80() {
 	n := c.r.Node
 	nodeFix := "find who holds the tasks: the pods listed, or run forkwatch to see who creates threads; fix the leak, cap pods with --pod-max-pids, and/or raise the limit"

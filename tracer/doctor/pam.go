@@ -14,7 +14,7 @@ import (
 // login for a domain, as limits.conf and limits.d/*.conf say.
 //
 // What it does and does not limit, which is why it was a red herring in
-// the incidents (seed 000, 001):
+// the incidents where ulimit -u looked suspicious and was not the cause:
 //   - pam_limits runs in PAM sessions only: ssh and console logins, su,
 //     sudo, cron. systemd services (kubelet, containerd, dockerd) and the
 //     containers they start never go through it; a service's limit is
