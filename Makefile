@@ -13,7 +13,7 @@ export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 
 GENERATED := tracer/forkwatch_x86_bpfel.go tracer/forkwatch_x86_bpfel.o
 
-.PHONY: help build run generate check-generate vet test test-unit test-e2e fuzz clean
+.PHONY: help build run generate check-generate vet test test-unit test-e2e test-deploy fuzz clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,8 +43,12 @@ test-e2e: ## end-to-end tests on this machine's kernel (root; skipped without, f
 fuzz: ## run each fuzz target briefly
 	$(GO) test -run=NONE -fuzz=FuzzDecodeFailure -fuzztime=10s ./tracer/
 
-test: check-generate vet ## the whole suite: generation check, vet, unit, end-to-end, fuzz
+test-deploy: ## manifests, alert rules (promtool) and dashboard queries, in deploy/'s own module
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+test: check-generate vet ## the whole suite: generation check, vet, unit, end-to-end, deploy, fuzz
 	$(GO) test -count=1 ./...
+	$(MAKE) test-deploy
 	$(MAKE) fuzz
 
 clean: ## remove build outputs

@@ -14,15 +14,16 @@ import (
 
 // Flags are forkwatch's command line, kubectl-like.
 type Flags struct {
-	Output     outputFormat
-	Duration   time.Duration
-	Mode       modeValue
-	CgroupRoot string
-	PodLogsDir string
-	Interval   time.Duration
-	Pod        string
-	Namespace  string
-	Wait       bool
+	Output      outputFormat
+	Duration    time.Duration
+	Mode        modeValue
+	CgroupRoot  string
+	PodLogsDir  string
+	Interval    time.Duration
+	Pod         string
+	Namespace   string
+	Wait        bool
+	MetricsAddr string
 
 	// Hidden: for readiness probes and tests.
 	ReadyFile      string
@@ -43,6 +44,7 @@ func (f *Flags) SetFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Pod, "pod", "", "live tail of one pod: its thread and process creations, exits and failures")
 	fs.StringVarP(&f.Namespace, "namespace", "n", "", "with --pod: the pod's namespace (default: any)")
 	fs.BoolVar(&f.Wait, "wait", false, "with --pod: wait for a pod that does not exist yet instead of exiting")
+	fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics, /healthz and /readyz on this address, e.g. :9479")
 	fs.Var(&f.Mode, "mode", "how to attach to the kernel: "+strings.Join(modeNames(), ", "))
 	fs.StringVar(&f.CgroupRoot, "cgroup-root", "", "mount of the cgroup hierarchy holding the pids controller (default: /sys/fs/cgroup/pids if mounted, else /sys/fs/cgroup)")
 	fs.StringVar(&f.PodLogsDir, "pod-logs-dir", defaultPodLogsDir, "kubelet's pod log directory, <namespace>_<name>_<uid>/ per pod, used to name pods")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -39,6 +40,13 @@ func watch(ctx context.Context, flags *Flags) error {
 	if err != nil {
 		return usagef("--cgroup-root: %v; point it at the mount of the cgroup hierarchy with the pids controller, e.g. /sys/fs/cgroup", err)
 	}
+	var metrics *metricsServer
+	if flags.MetricsAddr != "" {
+		if metrics, err = listenMetrics(flags.MetricsAddr); err != nil {
+			return usagef("--metrics-addr: %v; choose a free address, e.g. --metrics-addr :9479", err)
+		}
+		defer metrics.Close()
+	}
 	pods, err := kube.NewPodDirectory(flags.PodLogsDir)
 	if err != nil {
 		if flags.podLogsDirSet || flags.Pod != "" {
@@ -70,6 +78,9 @@ func watch(ctx context.Context, flags *Flags) error {
 		return usageError{err}
 	}
 	defer t.Close()
+	// Loading parsed the kernel's BTF (tens of MiB, garbage now): hand it
+	// back to the system rather than carry it for the life of a DaemonSet.
+	debug.FreeOSMemory()
 
 	attr := &tracer.Attributor{Pods: pods}
 	var w output.Writer
@@ -80,6 +91,12 @@ func watch(ctx context.Context, flags *Flags) error {
 		text.HostPIDNamespace = tracer.HostPIDNamespace()
 		text.Live = tail == nil && isTerminal(os.Stdout)
 		w = text
+	}
+	if metrics != nil {
+		m := output.NewMetrics(t, root, attr)
+		metrics.registry.MustRegister(m)
+		w = output.Tee{w, m}
+		metrics.ready.Store(true)
 	}
 	if err := w.Attached(t.Mode(), t.Attached()); err != nil {
 		return err

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +33,14 @@ func TestBadInput(t *testing.T) {
 			checkUsageError(t, exec.Command(forkwatchBin, tc.args...), tc.want)
 		})
 	}
+	t.Run("metrics address in use", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		checkUsageError(t, exec.Command(forkwatchBin, "--metrics-addr", ln.Addr().String()), "address already in use")
+	})
 	t.Run("not root", func(t *testing.T) {
 		cmd := exec.Command(forkwatchBin, "--duration", "1s")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
