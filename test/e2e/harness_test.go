@@ -111,7 +111,8 @@ func newTestTree(t *testing.T) *testTree {
 }
 
 // mkdir creates the cgroup at rel (relative to the hierarchy root) and its
-// parents; on v2 it enables the pids controller on the way down.
+// parents. On v2 it enables the pids controller from the root down to rel's
+// parent: a level can only enable what the level above gives it.
 func (tr *testTree) mkdir(rel string) string {
 	tr.t.Helper()
 	dir := filepath.Join(tr.root, rel)
@@ -119,11 +120,13 @@ func (tr *testTree) mkdir(rel string) string {
 		tr.t.Fatal(err)
 	}
 	if tr.v2 {
-		for p := filepath.Dir(dir); strings.HasPrefix(p, tr.root); p = filepath.Dir(p) {
-			_ = os.WriteFile(filepath.Join(p, "cgroup.subtree_control"), []byte("+pids"), 0)
-			if p == tr.root {
-				break
+		parts := strings.Split(strings.Trim(rel, "/"), "/")
+		p := tr.root
+		for i := 0; i < len(parts); i++ {
+			if err := os.WriteFile(filepath.Join(p, "cgroup.subtree_control"), []byte("+pids"), 0); err != nil {
+				tr.t.Fatalf("enabling pids below %s: %v", p, err)
 			}
+			p = filepath.Join(p, parts[i])
 		}
 	}
 	return dir
@@ -222,6 +225,7 @@ type event struct {
 	Cause       string    `json:"cause"`
 	Limit       *limit    `json:"limit"`
 	Count       uint64    `json:"count"`
+	Total       uint64    `json:"total"`
 	Mode        string    `json:"mode"`
 }
 

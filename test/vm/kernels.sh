@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# kernels.sh: Debian's cloud kernels for forkwatch's VM tests, downloaded and
+# unpacked into a cache. Nothing is installed on the host, and the host's own
+# apt setup is neither read nor changed: every apt call uses a private
+# configuration whose lists live in the cache too.
+#
+#   kernels.sh fetch [--refresh] NAME   download + unpack if not cached; print the vmlinuz path
+#   kernels.sh resolve NAME             print the package NAME resolves to now (needs the network)
+#   kernels.sh list                     cached names and kernel releases
+#
+# NAME: 5.10 (bullseye), 6.1 and 6.12 (bookworm), another X.Y series (trixie and
+# trixie-backports), or newest: the newest kernel that trixie or trixie-backports
+# offers. Each resolves to the newest ABI of its series in the current package
+# index. Once fetched, a NAME is a cache hit with no network access; --refresh
+# (or FORKWATCH_VM_REFRESH=1) resolves it again, e.g. to pick up a new "newest".
+#
+# Environment: FORKWATCH_VM_CACHE (default test/vm/.cache), FORKWATCH_VM_MIRROR
+# (default http://deb.debian.org/debian), FORKWATCH_VM_SECURITY_MIRROR (default
+# http://deb.debian.org/debian-security).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=${FORKWATCH_VM_CACHE:-$here/.cache}
+mirror=${FORKWATCH_VM_MIRROR:-http://deb.debian.org/debian}
+security=${FORKWATCH_VM_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+
+log() { printf 'kernels.sh: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+usage() {
+	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
+	exit 2
+}
+
+# dist_of NAME: the Debian release whose lists are searched for NAME.
+dist_of() {
+	case $1 in
+	5.10) echo bullseye ;;
+	6.1 | 6.12) echo bookworm ;;
+	newest | [0-9]*.[0-9]*) echo trixie ;;
+	*) die "unknown kernel name '$1' (want 5.10, 6.1, 6.12, X.Y or newest)" ;;
+	esac
+}
+
+# pattern_of NAME: a regular expression (apt-cache search, POSIX) matching the
+# kernel image packages of NAME's series, cloud flavour, signed image only.
+pattern_of() {
+	case $1 in
+	newest) echo '^linux-image-[0-9][0-9.]*[-+][^ ]*-cloud-amd64$' ;;
+	*) echo "^linux-image-${1//./\\.}[.-][^ ]*-cloud-amd64\$" ;;
+	esac
+}
+
+# aptdir DIST: creates (once) the private apt configuration for DIST and
+# prints its directory.
+aptdir() {
+	local dist=$1 dir=$cache/apt/$1 key
+	[[ -r $keyring ]] || die "$keyring missing: install Debian's debian-archive-keyring"
+	mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/empty"
+	key="[signed-by=$keyring]"
+	{
+		echo "deb $key $mirror $dist main"
+		echo "deb $key $mirror $dist-updates main"
+		echo "deb $key $security $dist-security main"
+		if [[ $dist == trixie ]]; then echo "deb $key $mirror $dist-backports main"; fi
+	} >"$dir/sources.list"
+	: >>"$dir/status"
+	# Read through APT_CONFIG before /etc/apt/apt.conf.d, which it redirects
+	# to an empty folder: the host's apt settings play no part.
+	cat >"$dir/apt.conf" <<-EOF
+		Dir::Etc::Main "/dev/null";
+		Dir::Etc::Parts "$dir/empty";
+		Dir::Etc::SourceList "$dir/sources.list";
+		Dir::Etc::SourceParts "$dir/empty";
+		Dir::Etc::Preferences "/dev/null";
+		Dir::Etc::PreferencesParts "$dir/empty";
+		Dir::State "$dir";
+		Dir::State::Lists "$dir/lists";
+		Dir::State::status "$dir/status";
+		Dir::Cache "$dir/cache";
+		APT::Architecture "amd64";
+		APT::Architectures { "amd64"; };
+		Dir::Cache::pkgcache "";
+		Dir::Cache::srcpkgcache "";
+		Acquire::Languages "none";
+		Acquire::GzipIndexes "true";
+		Acquire::CompressionTypes::Order { "gz"; };
+		Acquire::Retries "3";
+		APT::Sandbox::User "root";
+	EOF
+	echo "$dir"
+}
+
+# apt_in DIST CMD...: runs an apt command with DIST's private configuration.
+apt_in() {
+	local dir
+	dir=$(aptdir "$1")
+	shift
+	APT_CONFIG=$dir/apt.conf "$@"
+}
+
+update_lists() {
+	log "updating the package lists of $1 (cached in $cache/apt/$1)"
+	apt_in "$1" apt-get -q -o APT::Update::Error-Mode=any update >&2 ||
+		die "apt-get update failed for $1"
+}
+
+# resolve NAME: prints the kernel release (e.g. 6.1.0-40-cloud-amd64) that
+# NAME stands for in the current lists.
+resolve() {
+	local name=$1 dist pattern rel
+	dist=$(dist_of "$name")
+	pattern=$(pattern_of "$name")
+	rel=$(apt_in "$dist" apt-cache search --names-only "$pattern" |
+		awk '{sub(/^linux-image-/, "", $1); print $1}' | sort -V | tail -n 1)
+	[[ -n $rel ]] || die "no package matches $pattern in $dist's lists"
+	echo "$rel"
+}
+
+# vmlinuz_in DIR: the kernel image in an unpacked package tree, if any.
+vmlinuz_in() {
+	local f
+	for f in "$1"/boot/vmlinuz-* "$1"/usr/lib/modules/*/vmlinuz "$1"/lib/modules/*/vmlinuz; do
+		if [[ -f $f ]]; then
+			echo "${f#"$1"/}"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# unpack DIST RELEASE: downloads the image package (and, from 6.16 on, the
+# linux-binary package that holds the image) and unpacks it into the cache.
+unpack() {
+	local dist=$1 rel=$2 dest=$cache/kernels/$2 stage pkg deb image
+	stage=$(mktemp -d "$cache/kernels/.stage.XXXXXX")
+	# shellcheck disable=SC2064 # expand now: stage is local
+	trap "rm -rf '$stage'" EXIT
+	chmod 755 "$stage"
+	mkdir "$stage/root"
+	for pkg in "linux-image-$rel" "linux-binary-$rel"; do
+		if [[ $pkg == linux-binary-* ]] && vmlinuz_in "$stage/root" >/dev/null; then
+			break
+		fi
+		log "downloading $pkg from $dist"
+		(cd "$stage" && apt_in "$dist" apt-get -q download "$pkg" >&2) ||
+			die "could not download $pkg"
+		for deb in "$stage"/*.deb; do
+			dpkg-deb -x "$deb" "$stage/root" || die "could not unpack $deb"
+			rm -f "$deb"
+		done
+	done
+	image=$(vmlinuz_in "$stage/root") || die "no vmlinuz in linux-image-$rel or linux-binary-$rel"
+	# The modules are of no use to an initramfs without them: ~15 MB stay.
+	rm -rf "$stage"/root/lib/modules/*/kernel "$stage"/root/usr/lib/modules/*/kernel
+	ln -s "root/$image" "$stage/vmlinuz"
+	rm -rf "$dest"
+	mv "$stage" "$dest"
+	trap - EXIT
+}
+
+fetch() {
+	local refresh=${FORKWATCH_VM_REFRESH:-}
+	if [[ ${1:-} == --refresh ]]; then
+		refresh=1
+		shift
+	fi
+	[[ $# -eq 1 ]] || usage
+	local name=$1 dist rel namefile=$cache/names/$1
+	dist=$(dist_of "$name")
+
+	# Cache hit: no lock, no network. Entries are only ever renamed into place.
+	if [[ -z $refresh && -f $namefile ]]; then
+		rel=$(<"$namefile")
+		if [[ -e $cache/kernels/$rel/vmlinuz ]]; then
+			echo "$cache/kernels/$rel/vmlinuz"
+			return 0
+		fi
+	fi
+
+	mkdir -p "$cache/names" "$cache/kernels"
+	local lock
+	exec {lock}>"$cache/.lock"
+	flock "$lock"
+	# Someone else may have fetched it while we waited.
+	if [[ -z $refresh && -f $namefile && -e $cache/kernels/$(<"$namefile")/vmlinuz ]]; then
+		echo "$cache/kernels/$(<"$namefile")/vmlinuz"
+		return 0
+	fi
+
+	update_lists "$dist"
+	rel=$(resolve "$name")
+	log "$name is $rel"
+	if [[ ! -e $cache/kernels/$rel/vmlinuz ]]; then
+		unpack "$dist" "$rel"
+	fi
+	echo "$rel" >"$namefile.new"
+	mv "$namefile.new" "$namefile"
+	echo "$cache/kernels/$rel/vmlinuz"
+}
+
+cmd_resolve() {
+	[[ $# -eq 1 ]] || usage
+	local dist
+	dist=$(dist_of "$1")
+	mkdir -p "$cache"
+	update_lists "$dist"
+	echo "linux-image-$(resolve "$1")"
+}
+
+cmd_list() {
+	local f
+	for f in "$cache"/names/*; do
+		[[ -f $f ]] || continue
+		printf '%-8s %s\n' "$(basename "$f")" "$(<"$f")"
+	done
+}
+
+case ${1:-} in
+fetch) shift; fetch "$@" ;;
+resolve) shift; cmd_resolve "$@" ;;
+list) shift; cmd_list ;;
+*) usage ;;
+esac
