@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -29,6 +30,9 @@ type Text struct {
 	// HostPIDNamespace is the inode of the node's PID namespace; pid_max
 	// failures in other namespaces name theirs.
 	HostPIDNamespace uint64
+	// Diag receives what is about forkwatch itself rather than the node
+	// (the mode it attached in): stderr, so that stdout stays the events.
+	Diag io.Writer
 	// Live redraws a top-like table every second (on a terminal); event
 	// lines then go below the table instead of scrolling.
 	Live bool
@@ -56,17 +60,17 @@ type fold struct {
 
 // NewText returns a text writer on w.
 func NewText(w io.Writer) *Text {
-	return &Text{w: bufio.NewWriter(w), folds: make(map[foldKey]*fold)}
+	return &Text{w: bufio.NewWriter(w), Diag: os.Stderr, folds: make(map[foldKey]*fold)}
 }
 
-// Attached writes the chosen mode and hooks.
+// Attached writes the chosen mode and hooks to Diag.
 func (t *Text) Attached(mode tracer.Mode, attached []tracer.Attachment) error {
 	hooks := make([]string, len(attached))
 	for i, a := range attached {
 		hooks[i] = a.Hook
 	}
-	fmt.Fprintf(t.w, "forkwatch: %s mode, attached to %s\n", mode, strings.Join(hooks, ", "))
-	return t.w.Flush()
+	_, err := fmt.Fprintf(t.Diag, "forkwatch: %s mode, attached to %s\n", mode, strings.Join(hooks, ", "))
+	return err
 }
 
 // Failure holds the failure back until its burst ends (see Flush).

@@ -47,12 +47,18 @@ func watch(ctx context.Context, flags *Flags) error {
 		}
 		defer metrics.Close()
 	}
+	if err := tracer.EnsureTracefs(); err != nil {
+		return usageError{err}
+	}
+	var warning string
 	pods, err := kube.NewPodDirectory(flags.PodLogsDir)
 	if err != nil {
 		if flags.podLogsDirSet || flags.Pod != "" {
 			return usagef("--pod-logs-dir: %v; give kubelet's pod log directory (default %s)", err, defaultPodLogsDir)
 		}
-		fmt.Fprintf(os.Stderr, "forkwatch: %s not found, pods will be named by UID only (set --pod-logs-dir)\n", flags.PodLogsDir)
+		// Not fatal on a node without kubelet; said once attached, so
+		// that an error is still the only line when one follows.
+		warning = fmt.Sprintf("forkwatch: %s not found, pods are named by UID only (set --pod-logs-dir)\n", flags.PodLogsDir)
 		pods = nil
 	}
 	var tail *podTail
@@ -65,9 +71,6 @@ func watch(ctx context.Context, flags *Flags) error {
 			fmt.Fprintf(os.Stderr, "forkwatch: pod %s does not exist yet, waiting for it\n", tail.describe())
 		}
 	}
-	if err := tracer.EnsureTracefs(); err != nil {
-		return usageError{err}
-	}
 
 	// The node may be out of PIDs: create every OS thread forkwatch will
 	// need now, while it still can.
@@ -78,6 +81,7 @@ func watch(ctx context.Context, flags *Flags) error {
 		return usageError{err}
 	}
 	defer t.Close()
+	fmt.Fprint(os.Stderr, warning)
 	// Loading parsed the kernel's BTF (tens of MiB, garbage now): hand it
 	// back to the system rather than carry it for the life of a DaemonSet.
 	debug.FreeOSMemory()

@@ -41,6 +41,16 @@ func TestBadInput(t *testing.T) {
 		defer ln.Close()
 		checkUsageError(t, exec.Command(forkwatchBin, "--metrics-addr", ln.Addr().String()), "address already in use")
 	})
+	t.Run("tracefs unavailable", func(t *testing.T) {
+		// A private mount namespace where /sys/kernel is an empty tmpfs:
+		// no tracefs, and nowhere to mount one.
+		unshare, err := exec.LookPath("unshare")
+		if err != nil {
+			t.Fatal("needs unshare (util-linux)")
+		}
+		cmd := exec.Command(unshare, "--mount", "sh", "-c", "mount -t tmpfs none /sys/kernel && exec \"$0\"", forkwatchBin)
+		checkUsageError(t, cmd, "mount -t tracefs tracefs /sys/kernel/tracing")
+	})
 	t.Run("not root", func(t *testing.T) {
 		cmd := exec.Command(forkwatchBin, "--duration", "1s")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
