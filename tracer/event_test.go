@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -215,20 +216,28 @@ func TestPathPrefix(t *testing.T) {
 	}
 }
 
+// FuzzDecodeFailure feeds the decoder arbitrary records (every record type,
+// seeds in testdata/fuzz): it must never panic, and what it accepts must be
+// well-formed.
 func FuzzDecodeFailure(f *testing.F) {
 	f.Add(record(forkwatchEvent{Ret: -11, Syscall: 1, Cause: 1, LimitLevel: 2}, "/kubepods/burstable/pod1"))
 	f.Add(record(forkwatchEvent{Ret: -12, Syscall: 4, Cause: 5}, "/"))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var r Record
-		if err := Decode(raw, Clock{}, &r); err != nil || !r.IsFailure {
+		if err := Decode(raw, Clock{}, &r); err != nil {
 			return
 		}
-		fl := r.Failure
-		if fl.Cgroup == "" || fl.Cgroup[0] != '/' {
-			t.Fatalf("decoded a relative cgroup path %q", fl.Cgroup)
+		cgroup := r.Task.Cgroup
+		if r.IsFailure {
+			cgroup = r.Failure.Cgroup
+			if l := r.Failure.Limit; l != nil && r.Failure.Cause == CausePidsCgroup && !strings.HasPrefix(cgroup, l.Cgroup) {
+				t.Fatalf("limit cgroup %q is not an ancestor of %q", l.Cgroup, cgroup)
+			}
+		} else if r.Task.Kind != KindThread && r.Task.Kind != KindProcess {
+			t.Fatalf("task kind %q", r.Task.Kind)
 		}
-		if fl.Limit != nil && fl.Cause == CausePidsCgroup && len(fl.Limit.Cgroup) > len(fl.Cgroup) {
-			t.Fatalf("limit cgroup %q is not an ancestor of %q", fl.Limit.Cgroup, fl.Cgroup)
+		if cgroup == "" || cgroup[0] != '/' {
+			t.Fatalf("decoded a relative cgroup path %q", cgroup)
 		}
 	})
 }
