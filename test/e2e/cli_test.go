@@ -71,6 +71,9 @@ func checkUsageError(t *testing.T, cmd *exec.Cmd, want string) {
 	if strings.Count(msg, "\n") != 1 || !strings.HasPrefix(msg, "forkwatch: ") || !strings.Contains(msg, want) {
 		t.Fatalf("stderr %q: want one line starting \"forkwatch: \" containing %q", msg, want)
 	}
+	if stdout.Len() > 0 {
+		t.Fatalf("bad input, yet output on stdout: %q", stdout.String())
+	}
 	if progs := loadedForkwatchPrograms(t); len(progs) > 0 {
 		t.Fatalf("programs left loaded: %v", progs)
 	}

@@ -192,21 +192,7 @@ func TestDoctorBadInput(t *testing.T) {
 		{"argument", []string{"now"}, "unexpected argument"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(forkwatchBin, append([]string{"doctor"}, tc.args...)...)
-			var stdout, stderr bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			err := cmd.Run()
-			var exit *exec.ExitError
-			if !errors.As(err, &exit) || exit.ExitCode() != 2 {
-				t.Fatalf("exit: %v, want code 2\nstderr: %s", err, stderr.String())
-			}
-			msg := stderr.String()
-			if strings.Count(msg, "\n") != 1 || !strings.HasPrefix(msg, "forkwatch: ") || !strings.Contains(msg, tc.want) {
-				t.Fatalf("stderr %q: want one line starting \"forkwatch: \" containing %q", msg, tc.want)
-			}
-			if stdout.Len() > 0 {
-				t.Fatalf("bad input, yet a report on stdout: %q", stdout.String())
-			}
+			checkUsageError(t, exec.Command(forkwatchBin, append([]string{"doctor"}, tc.args...)...), tc.want)
 		})
 	}
 }

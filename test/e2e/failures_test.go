@@ -27,17 +27,7 @@ func TestAncestorPidsCgroupLimit(t *testing.T) {
 
 	fw := startForkwatch(t, "-o", "json", "--pod-logs-dir", podLogsDir(t, p))
 	s := fill(t, "--cgroup", filepath.Join(tr.root, ctrCgroup), "--attempts", "200")
-	mine := func(e event) bool { return e.Event == "fork_failed" && e.PID == s.PID }
-	fw.waitFor(fmt.Sprintf("%d failures of pid %d", s.Failures, s.PID), func() bool {
-		return len(fw.events(mine)) >= s.Failures
-	})
-	fw.stop()
-
-	got := fw.events(mine)
-	if len(got) != s.Failures {
-		t.Fatalf("forkwatch reported %d failures, the storm saw %d", len(got), s.Failures)
-	}
-	for _, e := range got {
+	for _, e := range fw.allFailures(s, ofPID(s.PID)) {
 		checkFailure(t, e, "pids_cgroup", ctrCgroup, &p, ctr)
 		if e.Limit.Cgroup != kubepods || e.Limit.Max != 24 || e.Limit.Current != 24 {
 			t.Fatalf("limit = %+v, want cgroup %s at 24/24", *e.Limit, kubepods)
@@ -68,15 +58,7 @@ func TestPodPidsCgroupLimit(t *testing.T) {
 
 			fw := startForkwatch(t, "-o", "json", "--pod-logs-dir", podLogsDir(t, p))
 			s := fill(t, "--cgroup", filepath.Join(tr.root, ctrCgroup), "--attempts", "20")
-			mine := func(e event) bool { return e.Event == "fork_failed" && e.PID == s.PID }
-			fw.waitFor("the storm's failures", func() bool { return len(fw.events(mine)) >= s.Failures })
-			fw.stop()
-
-			got := fw.events(mine)
-			if len(got) != s.Failures {
-				t.Fatalf("forkwatch reported %d failures, the storm saw %d", len(got), s.Failures)
-			}
-			for _, e := range got {
+			for _, e := range fw.allFailures(s, ofPID(s.PID)) {
 				checkFailure(t, e, "pids_cgroup", ctrCgroup, &p, ctr)
 				if e.Limit.Cgroup != podCgroup || e.Limit.Max != 16 || e.Limit.Current != 16 {
 					t.Fatalf("limit = %+v, want cgroup %s at 16/16", *e.Limit, podCgroup)
@@ -102,14 +84,8 @@ func TestPIDNamespacePidMax(t *testing.T) {
 	fw := startForkwatch(t, "-o", "json")
 	const pidMax = 400
 	s := fill(t, "--pidns", "--pid-max", fmt.Sprint(pidMax), "--cgroup", filepath.Join(tr.root, cg), "--attempts", "10")
-	mine := func(e event) bool { return e.Event == "fork_failed" && e.Cgroup == cg }
-	fw.waitFor("the namespace's failures", func() bool { return len(fw.events(mine)) >= s.Failures })
-	fw.stop()
-
-	got := fw.events(mine)
-	if len(got) != s.Failures {
-		t.Fatalf("forkwatch reported %d failures, the storm saw %d", len(got), s.Failures)
-	}
+	// The storm forks as PID 1 of its namespace: select by its cgroup.
+	got := fw.allFailures(s, func(e event) bool { return e.Cgroup == cg })
 	host := hostPIDNamespace(t)
 	for _, e := range got {
 		checkFailure(t, e, "pid_max", cg, nil, "")
@@ -132,15 +108,7 @@ func TestRlimitNproc(t *testing.T) {
 	fw := startForkwatch(t, "-o", "json")
 	const uid, nproc = 65534, 12
 	s := fill(t, "--uid", fmt.Sprint(uid), "--nproc", fmt.Sprint(nproc), "--cgroup", filepath.Join(tr.root, cg), "--attempts", "10")
-	mine := func(e event) bool { return e.Event == "fork_failed" && e.PID == s.PID }
-	fw.waitFor("the user's failures", func() bool { return len(fw.events(mine)) >= s.Failures })
-	fw.stop()
-
-	got := fw.events(mine)
-	if len(got) != s.Failures {
-		t.Fatalf("forkwatch reported %d failures, the storm saw %d", len(got), s.Failures)
-	}
-	for _, e := range got {
+	for _, e := range fw.allFailures(s, ofPID(s.PID)) {
 		checkFailure(t, e, "rlimit_nproc", cg, nil, "")
 		if e.Limit.UID == nil || *e.Limit.UID != uid || e.Limit.Max != nproc || e.Limit.Current < nproc {
 			t.Fatalf("limit = %+v, want uid %d at ≥%d/%d", *e.Limit, uid, nproc, nproc)
@@ -170,15 +138,7 @@ func TestDeletedContainerCgroup(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(tr.root, ctrCgroup)); !os.IsNotExist(err) {
 		t.Fatalf("the container cgroup still exists (%v)", err)
 	}
-	mine := func(e event) bool { return e.Event == "fork_failed" && e.PID == s.PID }
-	fw.waitFor("the storm's failures", func() bool { return len(fw.events(mine)) >= s.Failures })
-	fw.stop()
-
-	got := fw.events(mine)
-	if len(got) != s.Failures {
-		t.Fatalf("forkwatch reported %d failures, the storm saw %d", len(got), s.Failures)
-	}
-	for _, e := range got {
+	for _, e := range fw.allFailures(s, ofPID(s.PID)) {
 		checkFailure(t, e, "pids_cgroup", ctrCgroup, &p, ctr)
 	}
 }

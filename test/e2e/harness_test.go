@@ -350,6 +350,23 @@ func (fw *forkwatch) waitFor(what string, cond func() bool) {
 	}
 }
 
+// allFailures waits until forkwatch has reported the storm's failures (the
+// fork_failed objects keep selects), stops forkwatch, and checks it reported
+// exactly as many as the storm saw: nothing lost, nothing invented.
+func (fw *forkwatch) allFailures(s stormSummary, keep func(event) bool) []event {
+	fw.t.Helper()
+	mine := func(e event) bool { return e.Event == "fork_failed" && keep(e) }
+	fw.waitFor(fmt.Sprintf("%d failures", s.Failures), func() bool { return len(fw.events(mine)) >= s.Failures })
+	fw.stop()
+	got := fw.events(mine)
+	if len(got) != s.Failures {
+		fw.t.Fatalf("forkwatch reported %d failures, the storm saw %d", len(got), s.Failures)
+	}
+	return got
+}
+
+func ofPID(pid int) func(event) bool { return func(e event) bool { return e.PID == pid } }
+
 // stormSummary is what `storm fill` prints.
 type stormSummary struct {
 	PID      int            `json:"pid"`
