@@ -60,10 +60,11 @@ type failureSeries struct {
 	last   time.Time
 }
 
-// NewMetrics returns the collector.
-func NewMetrics(src Source, root tracer.CgroupRoot, attr *tracer.Attributor) *Metrics {
+// NewMetrics returns the collector; paths names the cgroups of the hierarchy
+// mounted at root.
+func NewMetrics(src Source, root tracer.CgroupRoot, paths *tracer.CgroupPaths, attr *tracer.Attributor) *Metrics {
 	return &Metrics{
-		src: src, root: root, paths: tracer.NewCgroupPaths(root.Path), attr: attr, now: time.Now,
+		src: src, root: root, paths: paths, attr: attr, now: time.Now,
 		failures: map[failureKey]*failureSeries{}, podSeen: map[string]time.Time{},
 	}
 }

@@ -61,10 +61,11 @@ type Sampler struct {
 
 const growthWindow = 11 // samples: 10 s of growth
 
-// NewSampler returns a sampler over t's counters.
-func NewSampler(t *Tracer, root CgroupRoot, attr *Attributor, cfg rates.Config) *Sampler {
+// NewSampler returns a sampler over t's counters; paths names the cgroups of
+// the hierarchy mounted at root.
+func NewSampler(t *Tracer, root CgroupRoot, paths *CgroupPaths, attr *Attributor, cfg rates.Config) *Sampler {
 	return &Sampler{
-		tracer: t, root: root, paths: NewCgroupPaths(root.Path), attr: attr,
+		tracer: t, root: root, paths: paths, attr: attr,
 		tracker: rates.NewTracker(cfg), procfs: "/proc",
 		growth: map[string]*[growthWindow]int64{}, seen: map[string]int{},
 	}

@@ -87,6 +87,8 @@ func watch(ctx context.Context, flags *Flags) error {
 	debug.FreeOSMemory()
 
 	attr := &tracer.Attributor{Pods: pods}
+	// One id→path map for the sampler, the metrics and the pod tail.
+	paths := tracer.NewCgroupPaths(root.Path)
 	var w output.Writer
 	if flags.Output == "json" {
 		w = output.NewJSON(os.Stdout)
@@ -97,7 +99,7 @@ func watch(ctx context.Context, flags *Flags) error {
 		w = text
 	}
 	if metrics != nil {
-		m := output.NewMetrics(t, root, attr)
+		m := output.NewMetrics(t, root, paths, attr)
 		metrics.registry.MustRegister(m)
 		w = output.Tee{w, m}
 		metrics.ready.Store(true)
@@ -105,8 +107,7 @@ func watch(ctx context.Context, flags *Flags) error {
 	if err := w.Attached(t.Mode(), t.Attached()); err != nil {
 		return err
 	}
-	sampler := tracer.NewSampler(t, root, attr, rates.DefaultConfig)
-	paths := tracer.NewCgroupPaths(root.Path)
+	sampler := tracer.NewSampler(t, root, paths, attr, rates.DefaultConfig)
 	if tail != nil {
 		tail.tracer, tail.paths = t, paths
 		if err := tail.refresh(); err != nil {
