@@ -13,7 +13,7 @@ export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 
 GENERATED := tracer/forkwatch_x86_bpfel.go tracer/forkwatch_x86_bpfel.o
 
-.PHONY: help build run generate check-generate vet test test-unit test-e2e test-deploy fuzz clean
+.PHONY: help build run generate check-generate vet test test-unit test-e2e test-deploy test-vm fuzz clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,18 @@ test: check-generate vet ## the whole suite: generation check, vet, unit, end-to
 	$(GO) test -count=1 ./...
 	$(MAKE) test-deploy
 	$(MAKE) fuzz
+
+# The end-to-end scenarios that need only the kernel (the guest has no tmux
+# or Prometheus; the 30-second rate test is too slow under emulation).
+VM_TESTS := Ancestor|PodPids|PIDNamespace|Rlimit|Deleted|Victim|PodTail|Loss|Survives|BadInput|Duration
+
+test-vm: ## end-to-end tests in qemu on Debian's 5.10, 6.1, 6.12 and newest kernels, cgroup v2 and hybrid
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/forkwatch ./cmd/forkwatch
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/storm ./test/storm
+	CGO_ENABLED=0 $(GO) test -c -o bin/e2e.test ./test/e2e
+	FORKWATCH_BIN=/bin/forkwatch FORKWATCH_STORM=/bin/storm FORKWATCH_VM=1 test/vm/matrix.sh --timeout 900 \
+		--file bin/forkwatch:/bin/forkwatch --file bin/storm:/bin/storm --file bin/e2e.test:/bin/e2e.test \
+		-- /bin/e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '$(VM_TESTS)'
 
 clean: ## remove build outputs
 	rm -rf bin

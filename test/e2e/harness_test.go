@@ -365,11 +365,16 @@ func (fw *forkwatch) allFailures(s stormSummary, keep func(event) bool) []event 
 	return got
 }
 
-func ofPID(pid int) func(event) bool { return func(e event) bool { return e.PID == pid } }
+// ofStorm selects the failures of the storm's forking thread: its Go
+// runtime's own threads can fail to start in the full cgroup too.
+func ofStorm(s stormSummary) func(event) bool {
+	return func(e event) bool { return e.PID == s.PID && e.TID == s.TID }
+}
 
 // stormSummary is what `storm fill` prints.
 type stormSummary struct {
 	PID      int            `json:"pid"`
+	TID      int            `json:"tid"`
 	Filled   int            `json:"filled"`
 	Attempts int            `json:"attempts"`
 	Failures int            `json:"failures"`

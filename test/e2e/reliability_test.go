@@ -57,7 +57,7 @@ func TestSurvivesItsOwnCgroupFull(t *testing.T) {
 	}
 
 	s := fill(t, "--cgroup", filepath.Join(tr.root, victims), "--attempts", "30")
-	mine := func(e event) bool { return e.Event == "fork_failed" && e.PID == s.PID }
+	mine := func(e event) bool { return e.Event == "fork_failed" && ofStorm(s)(e) }
 	fw.waitFor("failures reported while forkwatch's own cgroup is full", func() bool { return len(fw.events(mine)) >= s.Failures })
 	// Scrapes in parallel: each reads cgroup files in blocking syscalls,
 	// which is when Go's runtime wants more OS threads than it has.
@@ -92,8 +92,10 @@ func TestSurvivesItsOwnCgroupFull(t *testing.T) {
 // The same with forkwatch inside a PID namespace whose pid_max is used up.
 func TestSurvivesItsPIDNamespaceFull(t *testing.T) {
 	requireRoot(t)
-	if !perNamespacePidMax() && os.Getenv("FORKWATCH_VM") != "1" {
-		t.Skip("kernel.pid_max is per PID namespace only since 6.14; run on a newer kernel or in test/vm")
+	if !perNamespacePidMax() {
+		// Before 6.14 a namespace's pid_max is the node's: filling it
+		// leaves the test itself unable to start the storm it needs.
+		t.Skip("kernel.pid_max is per PID namespace only since 6.14")
 	}
 	unshare, err := exec.LookPath("unshare")
 	if err != nil {
@@ -139,7 +141,7 @@ exec %s fill --attempts 5 > %s/fill`, forkwatchBin, addr, ready, dir, dir, dir, 
 		n := 0
 		for _, l := range strings.Split(string(b), "\n") {
 			var e event
-			if json.Unmarshal([]byte(l), &e) == nil && e.Event == "fork_failed" && e.PID == s.PID {
+			if json.Unmarshal([]byte(l), &e) == nil && e.Event == "fork_failed" && ofStorm(s)(e) {
 				n++
 			}
 		}
@@ -218,7 +220,7 @@ func TestLossIsCounted(t *testing.T) {
 		}
 		return count, total
 	}
-	mine := func(e event) bool { return e.Event == "fork_failed" && e.PID == s.PID }
+	mine := func(e event) bool { return e.Event == "fork_failed" && ofStorm(s)(e) }
 	fw.waitFor("every failure reported or counted lost", func() bool {
 		n, _ := lost()
 		return len(fw.events(mine))+int(n) >= s.Failures
@@ -229,8 +231,11 @@ func TestLossIsCounted(t *testing.T) {
 	if n == 0 || reported == 0 {
 		t.Fatalf("reported %d, lost %d: want both (the buffer holds a few records)", reported, n)
 	}
-	if reported+int(n) != s.Failures || total != n {
-		t.Fatalf("reported %d + lost %d (total %d) != the storm's %d failures", reported, n, total, s.Failures)
+	// The lost count is node-wide: failures of the storm's Go runtime
+	// starting a thread in the full cgroup may be among them (a few).
+	others := len(fw.events(func(e event) bool { return e.Event == "fork_failed" && e.PID == s.PID && e.TID != s.TID }))
+	if reported+int(n) < s.Failures || reported+int(n) > s.Failures+others+3 || total != n {
+		t.Fatalf("reported %d + lost %d (total %d), the storm saw %d failures (its runtime %d more reported)", reported, n, total, s.Failures, others)
 	}
 	t.Logf("storm %d failures: %d reported, %d lost", s.Failures, reported, n)
 }

@@ -66,6 +66,7 @@ func main() {
 // Summary is what fill prints.
 type Summary struct {
 	PID      int            `json:"pid"`      // the forking process, as its PID namespace sees it
+	TID      int            `json:"tid"`      // the thread that forks (the Go runtime's own threads may fail to start too)
 	Filled   int            `json:"filled"`   // children alive when the attempts started
 	Attempts int            `json:"attempts"` // forks tried after filling
 	Failures int            `json:"failures"` // forks that failed, in total (filling included)
@@ -123,7 +124,7 @@ func fill(args []string) error {
 		}
 	}
 
-	s := Summary{PID: os.Getpid(), Errnos: map[string]int{}}
+	s := Summary{PID: os.Getpid(), TID: unix.Gettid(), Errnos: map[string]int{}}
 	var children []int
 	for len(children) < *max {
 		pid, errno := rawFork()
@@ -148,7 +149,9 @@ func fill(args []string) error {
 
 	if *rmdir {
 		release(children)
-		if err := os.WriteFile(filepath.Join(filepath.Dir(*cgroup), "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+		// Leave for the hierarchy's root: on cgroup v2 the parent may not
+		// hold processes once it delegates controllers to children.
+		if err := os.WriteFile(filepath.Join(hierarchyRoot(*cgroup), "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
 			return err
 		}
 		if err := os.Remove(*cgroup); err != nil {
@@ -163,6 +166,18 @@ func fill(args []string) error {
 	waitForRelease()
 	release(children)
 	return nil
+}
+
+// hierarchyRoot is the root of the cgroup mount holding dir: the topmost
+// directory above it that still has cgroup.procs.
+func hierarchyRoot(dir string) string {
+	for {
+		up := filepath.Dir(dir)
+		if _, err := os.Stat(filepath.Join(up, "cgroup.procs")); err != nil || up == dir {
+			return dir
+		}
+		dir = up
+	}
 }
 
 // runInPIDNamespace re-runs fill as PID 1 of a new PID namespace and passes
