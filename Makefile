@@ -48,9 +48,10 @@ fuzz: ## run each fuzz target briefly (seed corpora in testdata/fuzz)
 test-deploy: ## manifests, alert rules (promtool) and dashboard queries, in deploy/'s own module
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 
-test: check-generate vet ## the whole suite: generation check, vet, unit, end-to-end, deploy, fuzz
+test: check-generate vet ## the whole suite: generation check, vet, unit, end-to-end here and under qemu, deploy, fuzz
 	$(GO) test -count=1 ./...
 	$(MAKE) test-deploy
+	$(MAKE) test-vm
 	$(MAKE) fuzz
 
 # The end-to-end scenarios that need only the kernel (the guest has no tmux

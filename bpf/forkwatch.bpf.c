@@ -34,6 +34,8 @@ const volatile bool tail_enabled = false;
 
 #define EAGAIN 11
 #define ENOMEM 12
+#define ERESTARTSYS 512
+#define ERESTART_RESTARTBLOCK 516
 
 /* kernel/pid.c: once the allocator's cursor has wrapped, new PIDs are taken
  * from [RESERVED_PIDS, pid_max) only. */
@@ -471,6 +473,12 @@ static __always_inline int on_fork_exit(long ret, u8 syscall)
 	struct event *e;
 
 	if (ret >= 0)
+		return 0;
+	/* include/linux/errno.h: ERESTARTSYS..ERESTART_RESTARTBLOCK never reach
+	 * userspace. A fork interrupted by a signal (Go's runtime preempts
+	 * with SIGURG) exits with -ERESTARTNOINTR and the kernel runs it again
+	 * once the handler returns: not a failure anyone sees. */
+	if (ret >= -ERESTART_RESTARTBLOCK && ret <= -ERESTARTSYS)
 		return 0;
 
 	task = (struct task_struct *)bpf_get_current_task();
