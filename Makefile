@@ -13,7 +13,7 @@ export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 
 GENERATED := tracer/forkwatch_x86_bpfel.go tracer/forkwatch_x86_bpfel.o
 
-.PHONY: help build run generate check-generate vet test test-unit test-e2e test-deploy test-vm fuzz clean
+.PHONY: help build run generate check-generate vet test test-unit test-e2e test-deploy test-vm bench fuzz clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,6 +65,11 @@ test-vm: ## end-to-end tests in qemu on Debian's 5.10, 6.1, 6.12 and newest kern
 	FORKWATCH_BIN=/bin/forkwatch FORKWATCH_STORM=/bin/storm FORKWATCH_VM=1 test/vm/matrix.sh --timeout 900 \
 		--file bin/forkwatch:/bin/forkwatch --file bin/storm:/bin/storm --file bin/e2e.test:/bin/e2e.test \
 		-- /bin/e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '$(VM_TESTS)'
+
+bench: ## measure overhead, failure throughput, CPU, RSS and start time here (root; by hand, ~15 min; BENCH_ARGS=-rss-minutes=1 to shorten)
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/forkwatch ./cmd/forkwatch
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/storm ./test/storm
+	$(GO) run ./test/bench $(BENCH_ARGS)
 
 clean: ## remove build outputs
 	rm -rf bin
