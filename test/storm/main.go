@@ -33,6 +33,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -73,10 +74,30 @@ type Summary struct {
 	Errnos   map[string]int `json:"errnos"`
 }
 
+// joinCgroup moves the storm into dir. It first has Go's runtime create a
+// few spare OS threads: once the cgroup is full the runtime cannot, and
+// would die of it (as the services forkwatch watches do) before the storm
+// has reported what it saw.
 func joinCgroup(dir string) error {
 	if dir == "" {
 		return nil
 	}
+	var started, done sync.WaitGroup
+	release := make(chan struct{})
+	for i := 0; i < 8; i++ {
+		started.Add(1)
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			runtime.LockOSThread()
+			started.Done()
+			<-release
+			runtime.UnlockOSThread()
+		}()
+	}
+	started.Wait()
+	close(release)
+	done.Wait()
 	return os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
 }
 
