@@ -49,8 +49,9 @@ func EnsureTracefs() error {
 
 // prestartedThreads is how many OS threads forkwatch creates at start: the
 // ring-buffer reader blocked in epoll, the ticker, the metrics server, the
-// garbage collector and a few spare for blocking syscalls.
-const prestartedThreads = 8
+// garbage collector's workers on every P, and spares for blocking syscalls
+// (a scrape reads cgroup files while the sampler does the same).
+func prestartedThreads() int { return 8 + 2*runtime.GOMAXPROCS(0) }
 
 var prestartOnce sync.Once
 
@@ -62,11 +63,12 @@ var prestartOnce sync.Once
 func PrestartThreads() {
 	prestartOnce.Do(func() {
 		var started, release sync.WaitGroup
-		started.Add(prestartedThreads)
+		n := prestartedThreads()
+		started.Add(n)
 		release.Add(1)
 		var done sync.WaitGroup
-		done.Add(prestartedThreads)
-		for i := 0; i < prestartedThreads; i++ {
+		done.Add(n)
+		for i := 0; i < n; i++ {
 			go func() {
 				defer done.Done()
 				runtime.LockOSThread()

@@ -149,8 +149,11 @@ exec %s fill --attempts 5 > %s/fill`, forkwatchBin, addr, ready, dir, dir, dir, 
 	}
 	waitUntil(t, "failures reported while forkwatch's PID namespace is full", func() bool { return count() >= s.Failures },
 		func() string { b, _ := os.ReadFile(filepath.Join(dir, "err")); return string(b) })
-	if code, _ := httpGet(t, "http://"+addr+"/metrics"); code != 200 {
-		t.Fatalf("metrics while the namespace is full: HTTP %d", code)
+	if resp, err := http.Get("http://" + addr + "/metrics"); err != nil || resp.StatusCode != 200 {
+		b, _ := os.ReadFile(filepath.Join(dir, "err"))
+		t.Fatalf("metrics while the namespace is full: %v %v\nforkwatch's stderr:\n%s", err, resp, b)
+	} else {
+		resp.Body.Close()
 	}
 
 	// SIGTERM to forkwatch (its PID as the host sees it) while still full.
