@@ -55,16 +55,20 @@ test: check-generate vet ## the whole suite: generation check, vet, unit, end-to
 	$(MAKE) fuzz
 
 # The end-to-end scenarios that need only the kernel (the guest has no tmux
-# or Prometheus; the 30-second rate test is too slow under emulation).
-VM_TESTS := Ancestor|PodPids|PIDNamespace|Rlimit|Deleted|Victim|PodTail|Loss|Survives|BadInput|Duration
+# or Prometheus; the 30-second rate test is too slow under emulation), in
+# every mode on every kernel and cgroup layout, then in kprobe mode with a
+# perf event array (CentOS 7's output) on cgroup v2.
+VM_TESTS := Modes|BTF|Ancestor|PodPids|PIDNamespace|Rlimit|Deleted|Victim|PodTail|Loss|Survives|BadInput|Duration
+VM_RUN = FORKWATCH_BIN=/bin/forkwatch FORKWATCH_STORM=/bin/storm FORKWATCH_VM=1 test/vm/matrix.sh --timeout 900 \
+	--file bin/forkwatch:/bin/forkwatch --file bin/storm:/bin/storm --file bin/e2e.test:/bin/e2e.test \
+	-- /bin/e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '$(VM_TESTS)'
 
-test-vm: ## end-to-end tests in qemu on Debian's 5.10, 6.1, 6.12 and newest kernels, cgroup v2 and hybrid
+test-vm: ## end-to-end tests in qemu on Debian's 5.10, 6.1, 6.12 and newest kernels: cgroup v2 and hybrid, fentry, tracepoint and kprobe modes
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/forkwatch ./cmd/forkwatch
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/storm ./test/storm
 	CGO_ENABLED=0 $(GO) test -c -o bin/e2e.test ./test/e2e
-	FORKWATCH_BIN=/bin/forkwatch FORKWATCH_STORM=/bin/storm FORKWATCH_VM=1 test/vm/matrix.sh --timeout 900 \
-		--file bin/forkwatch:/bin/forkwatch --file bin/storm:/bin/storm --file bin/e2e.test:/bin/e2e.test \
-		-- /bin/e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '$(VM_TESTS)'
+	FORKWATCH_VM_MODES="fentry tracepoint kprobe" $(VM_RUN)
+	FORKWATCH_VM_MODES="kprobe+perf" FORKWATCH_VM_CGROUPS=v2 $(VM_RUN)
 
 bench: ## measure overhead, failure throughput, CPU, RSS and start time here (root; by hand, ~15 min; BENCH_ARGS=-rss-minutes=1 to shorten)
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/forkwatch ./cmd/forkwatch

@@ -2,12 +2,26 @@
 
 // forkwatch's kernel side.
 //
-// Failing fork/clone calls are caught at syscall exit, classified on the spot
+// Failing fork/clone calls are caught where they fail, classified on the spot
 // (which limit refused them: a pids cgroup, pid_max, RLIMIT_NPROC or
-// threads-max) and sent to userspace through the ring buffer, one record per
-// failure. Successful task creations and exits are only counted, per cgroup,
-// in a per-CPU map: during a thread storm nothing is streamed, which is what
-// keeps the tracer cheap.
+// threads-max) and sent to userspace, one record per failure. Successful task
+// creations and exits are only counted, per cgroup, in a per-CPU map: during a
+// thread storm nothing is streamed, which is what keeps the tracer cheap.
+//
+// Every attach mode is compiled into this one object; userspace deletes the
+// programs the running kernel cannot take before loading (tracer/modes.go):
+//
+//   fentry      fexit on copy_process() (every failure, with its errno) and on
+//               pids_can_fork() (the exact refusing cgroup); kernels with BPF
+//               trampolines (5.5+ with BTF).
+//   tracepoint  syscall-exit tracepoints of clone, clone3, fork and vfork.
+//   kprobe      kretprobes on the fork path and pids_can_fork(), a kprobe on
+//               wake_up_new_task() and the sched_process_exit tracepoint: what
+//               CentOS/RHEL 7's 3.10 kernels load. These programs read no
+//               global variable and can write to a perf event array.
+//
+// Records go to the events map: a BPF ring buffer (5.8+) or, where there is
+// none or userspace asks for it, a perf event array.
 
 #include "vmlinux.h"
 #include "bpf_helpers.h"
@@ -29,19 +43,24 @@ const enum task_kind *unused_task_kind __attribute__((unused));
 
 /* Set by userspace before load when a pod is tailed (--pod): creations and
  * exits in tailed_cgroups are then streamed too. Off, the verifier drops
- * that code. */
+ * that code. The kprobe-mode programs read config_now instead. */
 const volatile bool tail_enabled = false;
+/* Set by userspace when events is a perf event array rather than a ring
+ * buffer; the verifier drops the other output's code. */
+const volatile bool perf_output = false;
 
 #define EAGAIN 11
 #define ENOMEM 12
+#define ENOSPC 28
 #define ERESTARTSYS 512
 #define ERESTART_RESTARTBLOCK 516
+#define MAX_ERRNO 4095
 
 /* kernel/pid.c: once the allocator's cursor has wrapped, new PIDs are taken
  * from [RESERVED_PIDS, pid_max) only. */
 #define RESERVED_PIDS 300
-/* include/linux/pid_namespace.h: the high bit of pid_allocated is the
- * PIDNS_ADDING flag, not a count. */
+/* include/linux/pid_namespace.h: the high bit of pid_allocated (nr_hashed
+ * before 4.15) is the PIDNS_ADDING flag, not a count. */
 #define PIDNS_ADDING (1U << 31)
 /* PID namespaces nest at most MAX_PID_NS_LEVEL (32) deep; real nodes use 1
  * or 2 (host, and a container's own). Walking 8 keeps the program small. */
@@ -50,17 +69,43 @@ const volatile bool tail_enabled = false;
 #define CAP_SYS_ADMIN 21
 #define CAP_SYS_RESOURCE 24
 
+/* arch/x86/include/asm/thread_info.h: set while a task runs a 32-bit syscall. */
+#define TS_COMPAT 0x0002
+/* arch/x86/include/uapi/asm/unistd.h: x32 syscalls carry this bit. */
+#define X32_SYSCALL_BIT 0x40000000
+/* arch/x86/include/asm/page_64_types.h: 16 KiB kernel stacks since 3.15
+ * (KASAN doubles them; distribution kernels do not enable it). */
+#define THREAD_SIZE (16 << 10)
+
+/* A pids-controller refusal older than this is not the one a failing fork
+ * reports: copy_process() returns microseconds after cgroup_can_fork(). */
+#define REFUSAL_MAX_AGE_NS 1000000000ULL
+
 /* Successful creations and exits per cgroup. A node has a few hundred to a
  * few thousand cgroups (pods × containers + system units); LRU eviction keeps
  * the map bounded when cgroups churn. */
 #define MAX_COUNTED_CGROUPS 16384
 
+/* The output map: userspace turns it into a perf event array when the
+ * kernel has no ring buffer (before 5.8) or when asked to. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 << 20); /* resized by userspace before load */
 } events SEC(".maps");
 
-/* Ring-buffer reservations that failed: the records userspace never saw. */
+/* With a perf event array a record is built here before it is copied out:
+ * it is larger than the 512-byte BPF stack. One per CPU; programs on one
+ * CPU do not interrupt each other (fork and exit run in process context). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event);
+} event_scratch SEC(".maps");
+
+/* Records the kernel could not hand over: ring-buffer reservations that
+ * failed. A full perf buffer is counted by perf itself and reaches userspace
+ * as lost samples. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -105,6 +150,51 @@ struct {
 	__type(value, struct node_limits);
 } node_limits_now SEC(".maps");
 
+/* What the kprobe-mode programs would read from global variables. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config_now SEC(".maps");
+
+/*
+ * The pids controller refused a thread's fork: seen when pids_can_fork()
+ * returns, consumed when the fork's failure is reported. In fentry mode the
+ * refusing cgroup is found right there, from the css_set the child was to
+ * join; a kretprobe sees only that it refused.
+ */
+struct pids_refusal {
+	__u64 ktime_ns;
+	__u64 limit_id;
+	__s64 limit_current;
+	__s64 limit_max;
+	__u64 target_cgroup; /* CLONE_INTO_CGROUP: struct cgroup * the child was to join */
+	__u8 limit_level;
+	__u8 found;
+	__u8 _pad[6];
+};
+
+/* By thread id. Entries live from pids_can_fork()'s return to copy_process()'s,
+ * so a handful at once; LRU bounds what a lost consumer would leave. */
+#define MAX_PIDS_REFUSALS 1024
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_PIDS_REFUSALS);
+	__type(key, __u32);
+	__type(value, struct pids_refusal);
+} pids_refusals SEC(".maps");
+
+/* How a program is built, a compile-time constant per program, so that each
+ * holds the code of one output and one cgroup layout only: the kprobe-mode
+ * programs must stay under the 4096 instructions of kernels before 5.2. */
+enum variant {
+	V_OUT_GLOBAL = 0, /* output as perf_output says (global variables: 5.2+) */
+	V_OUT_RING = 1,
+	V_OUT_PERF = 2,
+	V_CGROUP_RH7 = 4, /* cgroups before kernfs: 3.10, CentOS/RHEL 7 */
+};
+
 /* Kernels before 6.2 kept pids_cgroup.limit as a plain int64_t; since then it
  * is an atomic64_t. CO-RE tells the two apart by the field's type. */
 struct pids_cgroup___s64_limit {
@@ -129,6 +219,27 @@ struct kernfs_node___pre55 {
 	union kernfs_node_id___pre55 id;
 } __attribute__((preserve_access_index));
 
+/*
+ * Before kernfs (3.14), and so on CentOS/RHEL 7's 3.10, a cgroup was a
+ * directory of its own filesystem: it points to its parent, its name
+ * (RCU-managed struct cgroup_name) and its dentry, whose inode number is what
+ * userspace sees as the cgroup's id. A css had no parent pointer: the parent's
+ * css is the parent cgroup's subsys[] entry. Controller ids were named
+ * <name>_subsys_id (<name>_cgrp_id since 3.15).
+ */
+struct cgroup_name___rh7 {
+	char name[1];
+} __attribute__((preserve_access_index));
+struct cgroup___rh7 {
+	struct cgroup___rh7 *parent;
+	struct dentry *dentry;
+	struct cgroup_name___rh7 *name;
+	struct cgroup_subsys_state *subsys[1];
+} __attribute__((preserve_access_index));
+enum cgroup_subsys_id___rh7 {
+	pids_subsys_id___rh7 = 0,
+};
+
 /* 5.14 moved the per-user task count from user_struct.processes into
  * ucounts; 6.2 moved it again, from ucounts.ucount[] to ucounts.rlimit[]. */
 enum ucount_type___pre62 {
@@ -142,11 +253,42 @@ struct user_struct___pre514 {
 struct pid_namespace___pre614 {
 	unsigned int pid_allocated;
 } __attribute__((preserve_access_index));
+/* 4.15 replaced the hashed-PID count nr_hashed by pid_allocated (same
+ * PIDNS_ADDING flag); 3.19 moved the namespace's inode number into ns.inum. */
+struct pid_namespace___pre415 {
+	unsigned int nr_hashed;
+	unsigned int proc_inum;
+} __attribute__((preserve_access_index));
+/* 3.14 renamed nsproxy.pid_ns to pid_ns_for_children. */
+struct nsproxy___pre314 {
+	struct pid_namespace *pid_ns;
+} __attribute__((preserve_access_index));
 
-static __always_inline u64 cgroup_id(struct cgroup *cg)
+/* 4.15 dropped thread_struct.sp0, the top of the task's kernel stack, where
+ * its user registers (struct pt_regs) sit. */
+struct thread_struct___sp0 {
+	unsigned long sp0;
+} __attribute__((preserve_access_index));
+struct task_struct___sp0 {
+	struct thread_struct___sp0 thread;
+} __attribute__((preserve_access_index));
+
+static __always_inline bool cgroup_is_rh7(int v)
 {
-	struct kernfs_node *kn = BPF_CORE_READ(cg, kn);
+	return v & V_CGROUP_RH7;
+}
 
+static __always_inline u64 cgroup_id(struct cgroup *cg, int v)
+{
+	struct kernfs_node *kn;
+
+	if (!cg)
+		return 0;
+	if (cgroup_is_rh7(v)) {
+		struct cgroup___rh7 *old = (void *)cg;
+		return BPF_CORE_READ(old, dentry, d_inode, i_ino);
+	}
+	kn = BPF_CORE_READ(cg, kn);
 	if (bpf_core_type_exists(union kernfs_node_id___pre55)) {
 		struct kernfs_node___pre55 *old = (void *)kn;
 		return BPF_CORE_READ(old, id.ino);
@@ -154,51 +296,109 @@ static __always_inline u64 cgroup_id(struct cgroup *cg)
 	return BPF_CORE_READ(kn, id);
 }
 
-static __always_inline struct cgroup *cgroup_parent(struct cgroup *cg)
+static __always_inline struct cgroup *cgroup_parent(struct cgroup *cg, int v)
 {
-	struct cgroup_subsys_state *parent = BPF_CORE_READ(cg, self.parent);
+	struct cgroup_subsys_state *parent;
 
+	if (cgroup_is_rh7(v)) {
+		struct cgroup___rh7 *old = (void *)cg;
+		return (struct cgroup *)BPF_CORE_READ(old, parent);
+	}
+	parent = BPF_CORE_READ(cg, self.parent);
 	return parent ? BPF_CORE_READ(parent, cgroup) : NULL;
+}
+
+static __always_inline const char *cgroup_name(struct cgroup *cg, int v)
+{
+	if (cgroup_is_rh7(v)) {
+		struct cgroup___rh7 *old = (void *)cg;
+		struct cgroup_name___rh7 *cn = BPF_CORE_READ(old, name);
+
+		return cn ? cn->name : NULL; /* an address, not a read */
+	}
+	return BPF_CORE_READ(cg, kn, name);
+}
+
+/* The pids controller's index in css_set.subsys[] and cgroup.subsys[], or -1
+ * on kernels built without it. */
+static __always_inline int pids_subsys_id(void)
+{
+	if (bpf_core_enum_value_exists(enum cgroup_subsys_id, pids_cgrp_id))
+		return bpf_core_enum_value(enum cgroup_subsys_id, pids_cgrp_id);
+	if (bpf_core_enum_value_exists(enum cgroup_subsys_id___rh7, pids_subsys_id___rh7))
+		return bpf_core_enum_value(enum cgroup_subsys_id___rh7, pids_subsys_id___rh7);
+	return -1;
+}
+
+/* The css_set's css in the pids controller, or NULL. */
+static __always_inline struct cgroup_subsys_state *cset_pids_css(struct css_set *cset)
+{
+	struct cgroup_subsys_state *css = NULL;
+	int id = pids_subsys_id();
+
+	if (id < 0 || !cset)
+		return NULL;
+	bpf_core_read(&css, sizeof(css), &cset->subsys[id & 63]);
+	return css;
 }
 
 /* The task's css in the pids controller, or NULL on kernels built without it. */
 static __always_inline struct cgroup_subsys_state *task_pids_css(struct task_struct *task)
 {
-	struct cgroup_subsys_state *css = NULL;
-	struct css_set *cset;
+	return cset_pids_css(BPF_CORE_READ(task, cgroups));
+}
+
+static __always_inline struct cgroup_subsys_state *css_parent(struct cgroup_subsys_state *css, int v)
+{
+	struct cgroup_subsys_state *parent = NULL;
+	struct cgroup___rh7 *cg;
 	int id;
 
-	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, pids_cgrp_id))
+	if (!cgroup_is_rh7(v))
+		return BPF_CORE_READ(css, parent);
+	id = pids_subsys_id();
+	cg = (void *)BPF_CORE_READ(css, cgroup);
+	cg = BPF_CORE_READ(cg, parent);
+	if (!cg || id < 0)
 		return NULL;
-	id = bpf_core_enum_value(enum cgroup_subsys_id, pids_cgrp_id);
-	cset = BPF_CORE_READ(task, cgroups);
-	bpf_core_read(&css, sizeof(css), &cset->subsys[id]);
-	return css;
+	bpf_core_read(&parent, sizeof(parent), &cg->subsys[id & 63]);
+	return parent;
 }
 
 /*
- * The cgroup forkwatch names a task by: its cgroup in the pids hierarchy.
- * With the pids controller on a v1 hierarchy (/sys/fs/cgroup/pids) that is the
- * pids css's cgroup. On cgroup v2 it is the task's own cgroup: the pids css
- * may belong to an ancestor when a subtree has not enabled the controller,
- * and the pod and container are named by the leaf.
+ * The cgroup forkwatch names a task (or a css_set) by: its cgroup in the pids
+ * hierarchy. With the pids controller on a v1 hierarchy
+ * (/sys/fs/cgroup/pids) that is the pids css's cgroup. On cgroup v2 it is the
+ * task's own cgroup: the pids css may belong to an ancestor when a subtree
+ * has not enabled the controller, and the pod and container are named by the
+ * leaf. Kernels before 4.5 (and 3.10) have no v2 hierarchy.
  */
-static __always_inline struct cgroup *task_cgroup(struct task_struct *task,
+static __always_inline struct cgroup *cset_cgroup(struct css_set *cset,
 						  struct cgroup_subsys_state *pids_css)
 {
-	struct cgroup *dfl = BPF_CORE_READ(task, cgroups, dfl_cgrp);
-	struct cgroup *pids_cg;
+	struct cgroup *dfl = NULL, *pids_cg;
 
+	if (bpf_core_field_exists(cset->dfl_cgrp))
+		dfl = BPF_CORE_READ(cset, dfl_cgrp);
 	if (!pids_css)
 		return dfl;
 	pids_cg = BPF_CORE_READ(pids_css, cgroup);
+	if (!dfl)
+		return pids_cg;
 	if (BPF_CORE_READ(pids_cg, root) == BPF_CORE_READ(dfl, root))
 		return dfl;
 	return pids_cg;
 }
 
-/* Writes "/a/b/c" (the cgroup's path below its hierarchy root) into e. */
-static __always_inline void fill_cgroup_path(struct event *e, struct cgroup *leaf)
+static __always_inline struct cgroup *task_cgroup(struct task_struct *task,
+						  struct cgroup_subsys_state *pids_css)
+{
+	return cset_cgroup(BPF_CORE_READ(task, cgroups), pids_css);
+}
+
+/* Writes "/a/b/c" (the cgroup's path below its hierarchy root) into e and
+ * returns its depth. */
+static __always_inline int fill_cgroup_path(struct event *e, struct cgroup *leaf, int v)
 {
 	const char *names[MAX_CGROUP_DEPTH] = {};
 	struct cgroup *cg = leaf;
@@ -207,15 +407,18 @@ static __always_inline void fill_cgroup_path(struct event *e, struct cgroup *lea
 
 #pragma unroll
 	for (int i = 0; i < MAX_CGROUP_DEPTH; i++) {
-		struct cgroup *parent = cgroup_parent(cg);
+		struct cgroup *parent;
 
+		if (!cg)
+			break;
+		parent = cgroup_parent(cg, v);
 		if (!parent)
 			break;
-		names[i] = BPF_CORE_READ(cg, kn, name);
+		names[i] = cgroup_name(cg, v);
 		depth++;
 		cg = parent;
 	}
-	if (depth == MAX_CGROUP_DEPTH && cgroup_parent(cg))
+	if (depth == MAX_CGROUP_DEPTH && cgroup_parent(cg, v))
 		e->flags |= EVENT_PATH_TRUNCATED;
 
 #pragma unroll
@@ -246,6 +449,7 @@ static __always_inline void fill_cgroup_path(struct event *e, struct cgroup *lea
 		off = 1;
 	}
 	e->cgroup_path_len = off;
+	return depth;
 }
 
 static __always_inline s64 pids_limit(struct pids_cgroup *pc)
@@ -257,43 +461,63 @@ static __always_inline s64 pids_limit(struct pids_cgroup *pc)
 	return BPF_CORE_READ(pc, limit.counter);
 }
 
+/* A cgroup at its pids limit. */
+struct pids_hit {
+	u64 id;
+	s64 current;
+	s64 max;
+	u8 level;
+};
+
 /*
  * kernel/cgroup/pids.c: pids_try_charge() adds one to every cgroup from the
- * task's up to (not including) the root and, if any goes above its limit,
+ * css's up to (not including) the root and, if any goes above its limit,
  * reverts and fails the fork with EAGAIN. So after the failure the refusing
- * cgroup sits at counter >= limit. The first such cgroup from the leaf up is
- * the one dmesg's "fork rejected by pids controller in …" does *not* name when
- * it is an ancestor (dmesg names the task's own cgroup).
+ * cgroup sits at counter >= limit (counter + 1 > limit). The first such
+ * cgroup from the leaf up is the one dmesg's "fork rejected by pids
+ * controller in …" does *not* name when it is an ancestor (dmesg names the
+ * task's own cgroup). depth is the leaf's depth, for kernels whose cgroups do
+ * not know their level (3.10, where the pids css's cgroup is the leaf).
  */
-static __always_inline bool find_pids_limit(struct event *e, struct cgroup_subsys_state *css)
+static __always_inline bool find_pids_limit(struct cgroup_subsys_state *css, int depth,
+					    struct pids_hit *hit, int v)
 {
+	struct cgroup_subsys_state *at = NULL;
+	s64 counter = 0, limit = 0;
+	struct cgroup *cg;
+	int up = 0;
+
 #pragma unroll
 	for (int i = 0; i < MAX_CGROUP_DEPTH; i++) {
 		struct cgroup_subsys_state *parent;
 		struct pids_cgroup *pc;
-		s64 counter, limit;
 
 		if (!css)
-			return false;
-		parent = BPF_CORE_READ(css, parent);
+			break;
+		parent = css_parent(css, v);
 		if (!parent)
-			return false; /* the root is never charged */
+			break; /* the root is never charged */
 		pc = (struct pids_cgroup *)css; /* css is pids_cgroup's first member */
 		counter = BPF_CORE_READ(pc, counter.counter);
 		limit = pids_limit(pc);
 		if (counter >= limit) {
-			struct cgroup *cg = BPF_CORE_READ(css, cgroup);
-
-			e->cause = CAUSE_PIDS_CGROUP;
-			e->limit_id = cgroup_id(cg);
-			e->limit_level = BPF_CORE_READ(cg, level);
-			e->limit_current = counter;
-			e->limit_max = limit;
-			return true;
+			at = css;
+			up = i;
+			break;
 		}
 		css = parent;
 	}
-	return false;
+	if (!at)
+		return false;
+	cg = BPF_CORE_READ(at, cgroup);
+	hit->id = cgroup_id(cg, v);
+	if (bpf_core_field_exists(cg->level))
+		hit->level = BPF_CORE_READ(cg, level);
+	else
+		hit->level = depth > up ? depth - up : 0;
+	hit->current = counter;
+	hit->max = limit;
+	return true;
 }
 
 static __always_inline s64 pidns_pid_max(struct pid_namespace *ns, struct node_limits *nl)
@@ -303,45 +527,88 @@ static __always_inline s64 pidns_pid_max(struct pid_namespace *ns, struct node_l
 	return nl ? nl->pid_max : 0;
 }
 
+static __always_inline s64 pidns_allocated(struct pid_namespace *ns)
+{
+	if (bpf_core_field_exists(((struct pid_namespace___pre415 *)0)->nr_hashed)) {
+		struct pid_namespace___pre415 *old = (void *)ns;
+		return BPF_CORE_READ(old, nr_hashed) & ~PIDNS_ADDING;
+	}
+	return BPF_CORE_READ(ns, pid_allocated) & ~PIDNS_ADDING;
+}
+
+static __always_inline u64 pidns_inum(struct pid_namespace *ns)
+{
+	if (bpf_core_field_exists(((struct pid_namespace___pre415 *)0)->proc_inum)) {
+		struct pid_namespace___pre415 *old = (void *)ns;
+		return BPF_CORE_READ(old, proc_inum);
+	}
+	return BPF_CORE_READ(ns, ns.inum);
+}
+
+static __always_inline struct pid_namespace *task_child_pidns(struct task_struct *task)
+{
+	if (bpf_core_field_exists(((struct nsproxy___pre314 *)0)->pid_ns)) {
+		struct nsproxy___pre314 *old = (void *)BPF_CORE_READ(task, nsproxy);
+		return BPF_CORE_READ(old, pid_ns);
+	}
+	return BPF_CORE_READ(task, nsproxy, pid_ns_for_children);
+}
+
+/* A PID namespace out of PIDs. */
+struct pidns_hit {
+	struct pid_namespace *ns;
+	s64 allocated;
+	s64 max;
+	bool found;
+};
+
 /*
  * kernel/pid.c: alloc_pid() allocates a number in the child's PID namespace and
  * in every ancestor; any level without a free number fails the fork with
  * EAGAIN (ENOMEM on 3.10). A namespace is out of PIDs when all of
- * [1, pid_max) is taken, or, once the cursor has wrapped, all of
+ * [1, pid_max) is taken (exact), or, once the cursor has wrapped, all of
  * [RESERVED_PIDS, pid_max): so a full namespace has at least
- * pid_max - RESERVED_PIDS allocated. With exact=true only the first case.
- * Returns the init namespace's allocated count (every task has a PID there)
- * through init_allocated.
+ * pid_max - RESERVED_PIDS allocated (wrapped). One walk finds the first
+ * namespace of each kind, and the init namespace's allocated count (every
+ * task has a PID there): the node's task count.
  */
-static __always_inline bool find_pidns_limit(struct event *e, struct task_struct *task,
-					     struct node_limits *nl, bool exact,
-					     u32 *init_allocated)
+static __always_inline void find_pidns_limits(struct task_struct *task, struct node_limits *nl,
+					      struct pidns_hit *exact, struct pidns_hit *wrapped,
+					      u32 *init_allocated)
 {
-	struct pid_namespace *ns = BPF_CORE_READ(task, nsproxy, pid_ns_for_children);
+	struct pid_namespace *ns = task_child_pidns(task);
 
 #pragma unroll
 	for (int i = 0; i < MAX_PIDNS_WALK; i++) {
-		s64 allocated, max, edge;
+		s64 allocated, max;
 
 		if (!ns)
 			break;
-		allocated = BPF_CORE_READ(ns, pid_allocated) & ~PIDNS_ADDING;
+		allocated = pidns_allocated(ns);
 		max = pidns_pid_max(ns, nl);
-		edge = exact ? max - 1 : max - RESERVED_PIDS;
-		if (edge < 1)
-			edge = 1;
-		if (init_allocated)
-			*init_allocated = allocated;
-		if (max > 0 && allocated >= edge) {
-			e->cause = CAUSE_PID_MAX;
-			e->limit_id = BPF_CORE_READ(ns, ns.inum);
-			e->limit_current = allocated;
-			e->limit_max = max;
-			return true;
+		*init_allocated = allocated;
+		if (max > 0 && !exact->found && allocated >= (max > 1 ? max - 1 : 1)) {
+			exact->found = true;
+			exact->ns = ns;
+			exact->allocated = allocated;
+			exact->max = max;
+		}
+		if (max > 0 && !wrapped->found && allocated >= (max > RESERVED_PIDS ? max - RESERVED_PIDS : 1)) {
+			wrapped->found = true;
+			wrapped->ns = ns;
+			wrapped->allocated = allocated;
+			wrapped->max = max;
 		}
 		ns = BPF_CORE_READ(ns, parent);
 	}
-	return false;
+}
+
+static __always_inline void set_pidns_cause(struct event *e, struct pidns_hit *hit)
+{
+	e->cause = CAUSE_PID_MAX;
+	e->limit_id = pidns_inum(hit->ns);
+	e->limit_current = hit->allocated;
+	e->limit_max = hit->max;
 }
 
 /*
@@ -388,39 +655,80 @@ static __always_inline bool find_rlimit_nproc(struct event *e, struct task_struc
 	return true;
 }
 
+static __always_inline void set_pids_cause(struct event *e, struct pids_hit *hit)
+{
+	e->cause = CAUSE_PIDS_CGROUP;
+	e->limit_id = hit->id;
+	e->limit_level = hit->level;
+	e->limit_current = hit->current;
+	e->limit_max = hit->max;
+}
+
 /*
- * Decide which limit refused the fork, in the order copy_process() checks
- * them where the evidence is exact (RLIMIT_NPROC, threads-max, a completely
- * full PID namespace, a pids cgroup at its limit), then a PID namespace full
- * after its cursor wrapped. Nothing at its edge: unknown, never a guess.
+ * Fill in the caller's cgroup and decide which limit refused the fork, in
+ * the order copy_process() checks them where the evidence is exact
+ * (RLIMIT_NPROC, threads-max, a completely full PID namespace, a pids cgroup
+ * at its limit), then a PID namespace full after its cursor wrapped. Nothing
+ * at its edge: unknown, never a guess.
+ *
+ * refusal, when the pids controller was seen refusing this fork: then the
+ * earlier checks had all passed (copy_process() calls cgroup_can_fork() after
+ * them) and the cause is the pids cgroup.
  */
-static __always_inline void classify(struct event *e, struct task_struct *task, long ret)
+static __always_inline void classify(struct event *e, struct task_struct *task, long ret,
+				     struct pids_refusal *refusal, int v)
 {
 	struct cgroup_subsys_state *css = task_pids_css(task);
-	struct node_limits *nl;
+	struct cgroup *cg = task_cgroup(task, css);
+	struct pidns_hit exact = {}, wrapped = {};
+	struct pids_hit hit = {};
+	struct node_limits *nl = NULL;
 	u32 zero = 0, init_allocated = 0;
+	int depth;
 
-	fill_cgroup_path(e, task_cgroup(task, css));
+	if (refusal && refusal->target_cgroup) {
+		cg = (struct cgroup *)refusal->target_cgroup;
+		e->flags |= EVENT_TARGET_CGROUP;
+	}
+	e->cgroup_id = cgroup_id(cg, v);
+	depth = fill_cgroup_path(e, cg, v);
 	if (ret != -EAGAIN && ret != -ENOMEM)
 		return;
 
-	nl = bpf_map_lookup_elem(&node_limits_now, &zero);
-	if (find_rlimit_nproc(e, task))
-		return;
-	if (find_pidns_limit(e, task, nl, true, &init_allocated))
-		return;
-	/* nr_threads is not visible to BPF; every task holds a PID in the init
-	 * namespace, so its allocated count is the node's task count. */
-	if (nl && nl->threads_max > 0 && init_allocated >= nl->threads_max) {
-		e->cause = CAUSE_THREADS_MAX;
-		e->limit_current = init_allocated;
-		e->limit_max = nl->threads_max;
+	if (!refusal) {
+		nl = bpf_map_lookup_elem(&node_limits_now, &zero);
+		if (find_rlimit_nproc(e, task))
+			return;
+		find_pidns_limits(task, nl, &exact, &wrapped, &init_allocated);
+		if (exact.found) {
+			set_pidns_cause(e, &exact);
+			return;
+		}
+		/* nr_threads is not visible to BPF; every task holds a PID in
+		 * the init namespace, so its allocated count is the node's
+		 * task count. */
+		if (nl && nl->threads_max > 0 && init_allocated >= nl->threads_max) {
+			e->cause = CAUSE_THREADS_MAX;
+			e->limit_current = init_allocated;
+			e->limit_max = nl->threads_max;
+			return;
+		}
+	} else if (refusal->found) {
+		hit.id = refusal->limit_id;
+		hit.level = refusal->limit_level;
+		hit.current = refusal->limit_current;
+		hit.max = refusal->limit_max;
+		set_pids_cause(e, &hit);
 		return;
 	}
-	if (find_pids_limit(e, css))
+	if (find_pids_limit(css, depth, &hit, v)) {
+		set_pids_cause(e, &hit);
 		return;
-	if (find_pidns_limit(e, task, nl, false, NULL))
+	}
+	if (wrapped.found) {
+		set_pidns_cause(e, &wrapped);
 		return;
+	}
 	if (ret == -ENOMEM)
 		e->cause = CAUSE_NO_MEMORY;
 }
@@ -431,14 +739,40 @@ static __always_inline void count_lost(void)
 	u64 *lost = bpf_map_lookup_elem(&events_lost, &zero);
 
 	if (lost)
-		(*lost)++;
+		__sync_fetch_and_add(lost, 1);
+}
+
+static __always_inline bool use_ring(int v)
+{
+	if (v & V_OUT_RING)
+		return true;
+	if (v & V_OUT_PERF)
+		return false;
+	return !perf_output;
+}
+
+/* Whether creations and exits of tailed cgroups are streamed. */
+static __always_inline bool tail_on(int v)
+{
+	u32 zero = 0;
+	struct config *c;
+
+	if (!(v & (V_OUT_RING | V_OUT_PERF)))
+		return tail_enabled;
+	c = bpf_map_lookup_elem(&config_now, &zero);
+	return c && c->tail_enabled;
 }
 
 /* A zeroed record of the given type about task, or NULL (counted as lost). */
-static __always_inline struct event *new_event(u8 type, struct task_struct *task)
+static __always_inline struct event *new_event(u8 type, struct task_struct *task, int v)
 {
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct event *e;
+	u32 zero = 0;
 
+	if (use_ring(v))
+		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	else
+		e = bpf_map_lookup_elem(&event_scratch, &zero);
 	if (!e) {
 		count_lost();
 		return NULL;
@@ -451,6 +785,21 @@ static __always_inline struct event *new_event(u8 type, struct task_struct *task
 	e->uid = BPF_CORE_READ(task, real_cred, uid.val);
 	BPF_CORE_READ_STR_INTO(&e->comm, task, comm);
 	return e;
+}
+
+static __always_inline void submit_event(void *ctx, struct event *e, int v)
+{
+	long err;
+
+	if (use_ring(v)) {
+		bpf_ringbuf_submit(e, 0);
+		return;
+	}
+	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, e, sizeof(*e));
+	/* A full buffer is counted by perf and read back as lost samples;
+	 * any other failure is counted here. */
+	if (err && err != -ENOSPC)
+		count_lost();
 }
 
 static __always_inline void remember_failure(u32 tgid, u64 now, u8 syscall)
@@ -467,56 +816,252 @@ static __always_inline void remember_failure(u32 tgid, u64 now, u8 syscall)
 	bpf_map_update_elem(&failed_procs, &tgid, &first, BPF_NOEXIST);
 }
 
-static __always_inline int on_fork_exit(long ret, u8 syscall)
+/* Takes the pids controller's refusal of the current thread's fork, if one
+ * was seen (and is recent), out of pids_refusals into r. */
+static __always_inline bool take_refusal(u32 tid, u64 now, struct pids_refusal *r)
 {
+	struct pids_refusal *seen = bpf_map_lookup_elem(&pids_refusals, &tid);
+
+	if (!seen)
+		return false;
+	__builtin_memcpy(r, seen, sizeof(*r));
+	bpf_map_delete_elem(&pids_refusals, &tid);
+	return now - r->ktime_ns < REFUSAL_MAX_AGE_NS;
+}
+
+/* Reports the current thread's failed fork (ret < 0). */
+static __always_inline int on_fork_failed(void *ctx, long ret, u8 syscall, int v)
+{
+	u64 id = bpf_get_current_pid_tgid(), now = bpf_ktime_get_ns();
+	struct pids_refusal refusal;
 	struct task_struct *task;
 	struct event *e;
+	bool refused;
 
-	if (ret >= 0)
-		return 0;
+	refused = take_refusal((u32)id, now, &refusal);
 	/* include/linux/errno.h: ERESTARTSYS..ERESTART_RESTARTBLOCK never reach
 	 * userspace. A fork interrupted by a signal (Go's runtime preempts
 	 * with SIGURG) exits with -ERESTARTNOINTR and the kernel runs it again
 	 * once the handler returns: not a failure anyone sees. */
 	if (ret >= -ERESTART_RESTARTBLOCK && ret <= -ERESTARTSYS)
 		return 0;
+	/* Not from a fork syscall: a kernel thread or io_uring creating a
+	 * worker. Records name the syscall that failed; these have none. */
+	if (!syscall)
+		return 0;
 
 	task = (struct task_struct *)bpf_get_current_task();
-	remember_failure(bpf_get_current_pid_tgid() >> 32, bpf_ktime_get_ns(), syscall);
-	e = new_event(EVENT_FORK_FAILED, task);
+	remember_failure(id >> 32, now, syscall);
+	e = new_event(EVENT_FORK_FAILED, task, v);
 	if (!e)
 		return 0;
 	e->syscall = syscall;
 	e->ret = ret;
-	classify(e, task, ret);
-	e->cgroup_id = cgroup_id(task_cgroup(task, task_pids_css(task)));
-	bpf_ringbuf_submit(e, 0);
+	classify(e, task, ret, refused ? &refusal : NULL, v);
+	submit_event(ctx, e, v);
 	return 0;
+}
+
+/* --- tracepoint mode: syscall exits --------------------------------------- */
+
+static __always_inline int on_fork_exit(void *ctx, long ret, u8 syscall)
+{
+	if (ret >= 0)
+		return 0;
+	return on_fork_failed(ctx, ret, syscall, V_OUT_GLOBAL);
 }
 
 SEC("tracepoint/syscalls/sys_exit_clone")
 int tp_exit_clone(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_fork_exit(ctx->ret, SYSCALL_CLONE);
+	return on_fork_exit(ctx, ctx->ret, SYSCALL_CLONE);
 }
 
 SEC("tracepoint/syscalls/sys_exit_clone3")
 int tp_exit_clone3(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_fork_exit(ctx->ret, SYSCALL_CLONE3);
+	return on_fork_exit(ctx, ctx->ret, SYSCALL_CLONE3);
 }
 
 SEC("tracepoint/syscalls/sys_exit_fork")
 int tp_exit_fork(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_fork_exit(ctx->ret, SYSCALL_FORK);
+	return on_fork_exit(ctx, ctx->ret, SYSCALL_FORK);
 }
 
 SEC("tracepoint/syscalls/sys_exit_vfork")
 int tp_exit_vfork(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_fork_exit(ctx->ret, SYSCALL_VFORK);
+	return on_fork_exit(ctx, ctx->ret, SYSCALL_VFORK);
 }
+
+/* --- fentry and kprobe modes: the fork path --------------------------------- */
+
+/*
+ * The fork syscall the current task is in, from the syscall number its entry
+ * saved in its user registers (pt_regs.orig_ax, at the top of its kernel
+ * stack), or 0 when it is in none: a kernel thread, or io_uring starting a
+ * worker. The registers are found with bpf_task_pt_regs() (5.15+), else
+ * below thread.sp0 (before 4.15), else at the top of the 16 KiB stack (4.15
+ * to 5.14 have no FRED and so no padding above pt_regs).
+ */
+static __always_inline u8 current_fork_syscall(struct task_struct *task)
+{
+	struct pt_regs *regs;
+	bool compat = false;
+	long nr;
+
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs)) {
+		regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	} else if (bpf_core_field_exists(((struct task_struct___sp0 *)0)->thread.sp0)) {
+		struct task_struct___sp0 *old = (void *)task;
+
+		regs = (struct pt_regs *)BPF_CORE_READ(old, thread.sp0) - 1;
+	} else {
+		regs = (struct pt_regs *)((u8 *)BPF_CORE_READ(task, stack) + THREAD_SIZE) - 1;
+	}
+	if (!regs)
+		return 0;
+	nr = BPF_CORE_READ(regs, orig_ax);
+	/* 32-bit tasks call fork through the ia32 table (thread_info lives in
+	 * task_struct since 4.9; older kernels are taken for 64-bit only). */
+	if (bpf_core_field_exists(task->thread_info) &&
+	    bpf_core_field_exists(task->thread_info.status))
+		compat = BPF_CORE_READ(task, thread_info.status) & TS_COMPAT;
+	if (compat) {
+		switch (nr) {
+		case 120:
+			return SYSCALL_CLONE;
+		case 2:
+			return SYSCALL_FORK;
+		case 190:
+			return SYSCALL_VFORK;
+		case 435:
+			return SYSCALL_CLONE3;
+		}
+		return 0;
+	}
+	switch (nr & ~X32_SYSCALL_BIT) {
+	case 56:
+		return SYSCALL_CLONE;
+	case 57:
+		return SYSCALL_FORK;
+	case 58:
+		return SYSCALL_VFORK;
+	case 435:
+		return SYSCALL_CLONE3;
+	}
+	return 0;
+}
+
+/* copy_process() returns the new task or an ERR_PTR: every fork's failure,
+ * whoever asked for it, with its errno. Reading the return value as the
+ * argument after the parameters (ctx[4]) works from 5.5; 5.17+ has
+ * bpf_get_func_ret(), which does not depend on the parameter count. */
+SEC("fexit/copy_process")
+int fexit_copy_proc(u64 *ctx)
+{
+	struct task_struct *task;
+	u64 ret;
+
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ret))
+		bpf_get_func_ret(ctx, &ret);
+	else
+		ret = ctx[4];
+	if (ret < (u64)-MAX_ERRNO)
+		return 0;
+	task = (struct task_struct *)bpf_get_current_task();
+	return on_fork_failed(ctx, (long)ret, current_fork_syscall(task), V_OUT_GLOBAL);
+}
+
+/* kernel_clone() (5.10+) returns pid_t, _do_fork() (4.2+) and do_fork()
+ * (3.10) long: the low 32 bits hold the PID or -errno in each. */
+static __always_inline int on_fork_path_return(struct pt_regs *ctx, int v)
+{
+	int ret = (int)PT_REGS_RC(ctx);
+	struct task_struct *task;
+
+	if (ret >= 0)
+		return 0;
+	task = (struct task_struct *)bpf_get_current_task();
+	return on_fork_failed(ctx, ret, current_fork_syscall(task), v);
+}
+
+SEC("kretprobe")
+int kret_fork_ring(struct pt_regs *ctx)
+{
+	return on_fork_path_return(ctx, V_OUT_RING);
+}
+
+SEC("kretprobe")
+int kret_fork_perf(struct pt_regs *ctx)
+{
+	return on_fork_path_return(ctx, V_OUT_PERF);
+}
+
+SEC("kretprobe")
+int kret_fork_rh7(struct pt_regs *ctx)
+{
+	return on_fork_path_return(ctx, V_OUT_PERF | V_CGROUP_RH7);
+}
+
+/*
+ * pids_can_fork(task, cset) (5.7+; the child and the css_set it is to join,
+ * which differs from the caller's with CLONE_INTO_CGROUP) returns 0 or
+ * -EAGAIN. On -EAGAIN the charge was reverted already: the refusing cgroup
+ * is the first from cset's pids css up at counter >= limit, and it is found
+ * now, before another task's exit can lower the counter.
+ */
+SEC("fexit/pids_can_fork")
+int fexit_pids_fork(u64 *ctx)
+{
+	struct pids_refusal r = {};
+	struct css_set *cset = (struct css_set *)ctx[1];
+	struct cgroup_subsys_state *css;
+	struct task_struct *cur;
+	struct pids_hit hit = {};
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	u64 ret;
+
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ret))
+		bpf_get_func_ret(ctx, &ret);
+	else
+		ret = ctx[2];
+	if ((int)ret != -EAGAIN)
+		return 0;
+
+	r.ktime_ns = bpf_ktime_get_ns();
+	css = cset_pids_css(cset);
+	if (find_pids_limit(css, 0, &hit, 0)) {
+		r.found = 1;
+		r.limit_id = hit.id;
+		r.limit_level = hit.level;
+		r.limit_current = hit.current;
+		r.limit_max = hit.max;
+	}
+	cur = (struct task_struct *)bpf_get_current_task();
+	if (cset != BPF_CORE_READ(cur, cgroups))
+		r.target_cgroup = (u64)cset_cgroup(cset, css);
+	bpf_map_update_elem(&pids_refusals, &tid, &r, BPF_ANY);
+	return 0;
+}
+
+/* Kprobe mode: the refusal only; the refusing cgroup is found from the
+ * caller's pids css when the failure is reported. */
+SEC("kretprobe")
+int kret_pids_fork(struct pt_regs *ctx)
+{
+	struct pids_refusal r = {};
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+
+	if ((int)PT_REGS_RC(ctx) != -EAGAIN)
+		return 0;
+	r.ktime_ns = bpf_ktime_get_ns();
+	bpf_map_update_elem(&pids_refusals, &tid, &r, BPF_ANY);
+	return 0;
+}
+
+/* --- task creations and exits ------------------------------------------------ */
 
 static __always_inline struct task_counts *counts_for(u64 cgid)
 {
@@ -530,7 +1075,7 @@ static __always_inline struct task_counts *counts_for(u64 cgid)
 }
 
 /* Whether cg or one of its ancestors is tailed. */
-static __always_inline bool tailed(struct cgroup *cg)
+static __always_inline bool tailed(struct cgroup *cg, int v)
 {
 #pragma unroll
 	for (int i = 0; i < MAX_CGROUP_DEPTH; i++) {
@@ -538,21 +1083,21 @@ static __always_inline bool tailed(struct cgroup *cg)
 
 		if (!cg)
 			return false;
-		id = cgroup_id(cg);
+		id = cgroup_id(cg, v);
 		if (bpf_map_lookup_elem(&tailed_cgroups, &id))
 			return true;
-		cg = cgroup_parent(cg);
+		cg = cgroup_parent(cg, v);
 	}
 	return false;
 }
 
-/* sched_process_fork fires in the parent once the child exists and has been
- * attached to its cgroup (also with CLONE_INTO_CGROUP): count it there. */
-SEC("raw_tp/sched_process_fork")
-int BPF_PROG(raw_tp_fork, struct task_struct *parent, struct task_struct *child)
+/* child exists and has been attached to its cgroup (also with
+ * CLONE_INTO_CGROUP): count it there. */
+static __always_inline int on_task_created(void *ctx, struct task_struct *parent,
+					   struct task_struct *child, int v)
 {
 	struct cgroup *cg = task_cgroup(child, task_pids_css(child));
-	u64 cgid = cgroup_id(cg);
+	u64 cgid = cgroup_id(cg, v);
 	struct task_counts *c = counts_for(cgid);
 	bool thread = BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid);
 
@@ -562,29 +1107,27 @@ int BPF_PROG(raw_tp_fork, struct task_struct *parent, struct task_struct *child)
 		else
 			c->processes_created++;
 	}
-	if (tail_enabled && tailed(cg)) {
-		struct event *e = new_event(EVENT_TASK_CREATED, child);
+	if (tail_on(v) && tailed(cg, v)) {
+		struct event *e = new_event(EVENT_TASK_CREATED, child, v);
 
 		if (!e)
 			return 0;
 		e->kind = thread ? KIND_THREAD : KIND_PROCESS;
 		e->parent_pid = BPF_CORE_READ(parent, tgid);
 		e->cgroup_id = cgid;
-		fill_cgroup_path(e, cg);
-		bpf_ringbuf_submit(e, 0);
+		fill_cgroup_path(e, cg, v);
+		submit_event(ctx, e, v);
 	}
 	return 0;
 }
 
-/* sched_process_exit fires in the exiting task, still in its cgroup, after
- * it has left its thread group's live count: the thread group is gone
- * when that count is zero. A thread-group leader's exit counts as the
- * process's. */
-SEC("raw_tp/sched_process_exit")
-int BPF_PROG(raw_tp_exit, struct task_struct *task)
+/* task is exiting, still in its cgroup, and has left its thread group's live
+ * count: the thread group is gone when that count is zero. A thread-group
+ * leader's exit counts as the process's. */
+static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int v)
 {
 	struct cgroup *cg = task_cgroup(task, task_pids_css(task));
-	u64 cgid = cgroup_id(cg);
+	u64 cgid = cgroup_id(cg, v);
 	struct task_counts *c = counts_for(cgid);
 	u32 tgid = BPF_CORE_READ(task, tgid);
 	bool thread = BPF_CORE_READ(task, pid) != tgid;
@@ -600,10 +1143,10 @@ int BPF_PROG(raw_tp_exit, struct task_struct *task)
 	}
 	if (group_dead)
 		fp = bpf_map_lookup_elem(&failed_procs, &tgid);
-	if (!fp && !(tail_enabled && tailed(cg)))
+	if (!fp && !(tail_on(v) && tailed(cg, v)))
 		return 0;
 
-	e = new_event(EVENT_TASK_EXITED, task);
+	e = new_event(EVENT_TASK_EXITED, task, v);
 	if (!e)
 		return 0;
 	e->kind = group_dead || !thread ? KIND_PROCESS : KIND_THREAD;
@@ -619,7 +1162,68 @@ int BPF_PROG(raw_tp_exit, struct task_struct *task)
 		bpf_map_delete_elem(&failed_procs, &tgid);
 	}
 	e->cgroup_id = cgid;
-	fill_cgroup_path(e, cg);
-	bpf_ringbuf_submit(e, 0);
+	fill_cgroup_path(e, cg, v);
+	submit_event(ctx, e, v);
 	return 0;
+}
+
+/* sched_process_fork fires in the parent once the child exists and has been
+ * attached to its cgroup. */
+SEC("raw_tp/sched_process_fork")
+int BPF_PROG(raw_tp_fork, struct task_struct *parent, struct task_struct *child)
+{
+	return on_task_created(ctx, parent, child, V_OUT_GLOBAL);
+}
+
+/* sched_process_exit fires in the exiting task. */
+SEC("raw_tp/sched_process_exit")
+int BPF_PROG(raw_tp_exit, struct task_struct *task)
+{
+	return on_task_exit(ctx, task, V_OUT_GLOBAL);
+}
+
+/* Kprobe mode (no raw tracepoints before 4.17): wake_up_new_task(child) is
+ * called by the parent for every new task, once it is in its cgroup, and
+ * the classic sched_process_exit tracepoint runs in the exiting task. */
+static __always_inline int on_wake_up_new_task(struct pt_regs *ctx, int v)
+{
+	struct task_struct *child = (struct task_struct *)PT_REGS_PARM1(ctx);
+
+	return on_task_created(ctx, (struct task_struct *)bpf_get_current_task(), child, v);
+}
+
+SEC("kprobe")
+int kp_newtask_ring(struct pt_regs *ctx)
+{
+	return on_wake_up_new_task(ctx, V_OUT_RING);
+}
+
+SEC("kprobe")
+int kp_newtask_perf(struct pt_regs *ctx)
+{
+	return on_wake_up_new_task(ctx, V_OUT_PERF);
+}
+
+SEC("kprobe")
+int kp_newtask_rh7(struct pt_regs *ctx)
+{
+	return on_wake_up_new_task(ctx, V_OUT_PERF | V_CGROUP_RH7);
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int tp_pexit_ring(void *ctx)
+{
+	return on_task_exit(ctx, (struct task_struct *)bpf_get_current_task(), V_OUT_RING);
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int tp_pexit_perf(void *ctx)
+{
+	return on_task_exit(ctx, (struct task_struct *)bpf_get_current_task(), V_OUT_PERF);
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int tp_pexit_rh7(void *ctx)
+{
+	return on_task_exit(ctx, (struct task_struct *)bpf_get_current_task(), V_OUT_PERF | V_CGROUP_RH7);
 }

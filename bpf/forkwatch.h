@@ -40,6 +40,10 @@ enum fail_cause {
 
 enum event_flags {
 	EVENT_PATH_TRUNCATED = 1,
+	/* fork_failed, fentry mode: the fork was refused by the pids cgroup of
+	 * the cgroup the child was to join (clone3 with CLONE_INTO_CGROUP),
+	 * not the caller's: cgroup_id and cgroup_path name that cgroup. */
+	EVENT_TARGET_CGROUP = 2,
 };
 
 /* One record type for everything the ring buffer carries; type says which
@@ -84,6 +88,13 @@ struct failed_proc {
 	__u32 failures;
 	__u8 syscall; /* of the last failure */
 	__u8 _pad[3];
+};
+
+/* Settings of the programs that cannot read global variables: kprobe mode
+ * runs on kernels without them (before 5.2, CentOS 7's 3.10). */
+struct config {
+	__u8 tail_enabled; /* as the tail_enabled global of the other programs */
+	__u8 _pad[7];
 };
 
 struct node_limits {

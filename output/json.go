@@ -30,15 +30,18 @@ type attachedEvent struct {
 }
 
 type attachedProgramJS struct {
-	Program string `json:"program"`
-	Hook    string `json:"hook"`
+	Program  string      `json:"program"`
+	Hook     string      `json:"hook"`
+	Mode     tracer.Mode `json:"mode"`
+	Fallback string      `json:"fallback,omitempty"`
 }
 
-// Attached writes {"event":"attached","mode":…,"programs":[{"program","hook"}…]}.
+// Attached writes {"event":"attached","mode":…,"programs":[{"program","hook","mode","fallback"}…]}:
+// fallback says why a better mode's program was not used for that job.
 func (j *JSON) Attached(mode tracer.Mode, attached []tracer.Attachment) error {
 	ev := attachedEvent{Time: time.Now(), Event: "attached", Mode: mode}
 	for _, a := range attached {
-		ev.Programs = append(ev.Programs, attachedProgramJS{Program: a.Program, Hook: a.Hook})
+		ev.Programs = append(ev.Programs, attachedProgramJS{Program: a.Program, Hook: a.Hook, Mode: a.Mode, Fallback: a.Fallback})
 	}
 	if err := j.enc.Encode(ev); err != nil {
 		return err

@@ -83,7 +83,7 @@ var (
 	descExhaustion  = prometheus.NewDesc("forkwatch_seconds_to_exhaustion", "Seconds until the limit runs out at its net growth over the last 10 s; present while it grows.", []string{"limit"}, nil)
 	descLeak        = prometheus.NewDesc("forkwatch_leak_suspect", "1 while a pod is flagged as spiking (leak, burst or headroom; see README).", []string{"namespace", "pod", "reason"}, nil)
 	descLost        = prometheus.NewDesc("forkwatch_events_lost_total", "Events the kernel could not hand over because the ring buffer was full.", nil, nil)
-	descAttached    = prometheus.NewDesc("forkwatch_probe_attached", "1 for each BPF program attached, with the mode forkwatch runs in.", []string{"program", "hook", "mode"}, nil)
+	descAttached    = prometheus.NewDesc("forkwatch_probe_attached", "1 for each BPF program attached, with its hook and the mode it belongs to.", []string{"program", "hook", "mode"}, nil)
 	descBuild       = prometheus.NewDesc("forkwatch_build_info", "forkwatch's version and Go version.", []string{"version", "goversion"}, nil)
 	descScrapeErr   = prometheus.NewDesc("forkwatch_scrape_errors_total", "Errors reading the kernel's maps or the cgroup files at scrape time.", nil, nil)
 )
@@ -195,7 +195,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(lost))
 	}
 	for _, a := range m.src.Attached() {
-		ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1, a.Program, a.Hook, string(m.src.Mode()))
+		ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1, a.Program, a.Hook, string(a.Mode))
 	}
 	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, Version, runtime.Version())
 	ch <- prometheus.MustNewConstMetric(descScrapeErr, prometheus.CounterValue, float64(m.scrapeErrors))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -66,10 +67,18 @@ func NewText(w io.Writer) *Text {
 // Attached writes the chosen mode and hooks to Diag.
 func (t *Text) Attached(mode tracer.Mode, attached []tracer.Attachment) error {
 	hooks := make([]string, len(attached))
+	var fallbacks []string
 	for i, a := range attached {
 		hooks[i] = a.Hook
+		if a.Fallback != "" && !slices.Contains(fallbacks, a.Fallback) {
+			fallbacks = append(fallbacks, a.Fallback)
+		}
 	}
-	_, err := fmt.Fprintf(t.Diag, "forkwatch: %s mode, attached to %s\n", mode, strings.Join(hooks, ", "))
+	line := fmt.Sprintf("forkwatch: %s mode, attached to %s", mode, strings.Join(hooks, ", "))
+	if len(fallbacks) > 0 {
+		line += " (not used: " + strings.Join(fallbacks, "; ") + ")"
+	}
+	_, err := fmt.Fprintln(t.Diag, line)
 	return err
 }
 

@@ -34,17 +34,27 @@ func CheckPrivileges() error {
 }
 
 // EnsureTracefs mounts tracefs at /sys/kernel/tracing when neither it nor
-// debugfs's tracing directory is there: tracepoints are attached through it.
+// debugfs's tracing directory is there: tracepoints and kprobes are attached
+// through it. Kernels before 4.1 (CentOS 7's 3.10) have no tracefs: their
+// tracing directory is in debugfs, mounted at /sys/kernel/debug.
 func EnsureTracefs() error {
 	for _, dir := range []string{"/sys/kernel/tracing", "/sys/kernel/debug/tracing"} {
 		if _, err := os.Stat(dir + "/events"); err == nil {
 			return nil
 		}
 	}
-	if err := unix.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
-		return fmt.Errorf("tracefs is not mounted and mounting it at /sys/kernel/tracing failed (%v); mount it: mount -t tracefs tracefs /sys/kernel/tracing", err)
+	err := unix.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, "")
+	if err == nil {
+		return nil
 	}
-	return nil
+	if errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT) {
+		if unix.Mount("debugfs", "/sys/kernel/debug", "debugfs", 0, "") == nil {
+			if _, serr := os.Stat("/sys/kernel/debug/tracing/events"); serr == nil {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("tracefs is not mounted and mounting it at /sys/kernel/tracing failed (%v); mount it: mount -t tracefs tracefs /sys/kernel/tracing (before Linux 4.1: mount -t debugfs debugfs /sys/kernel/debug)", err)
 }
 
 // prestartedThreads is how many OS threads forkwatch creates at start: the

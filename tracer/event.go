@@ -69,6 +69,11 @@ type Failure struct {
 	Who
 	Cause Cause  `json:"cause"`
 	Limit *Limit `json:"limit,omitempty"`
+	// IntoCgroup is set when the fork was a clone3 with CLONE_INTO_CGROUP
+	// refused by the pids limit of the cgroup the child was to join (fentry
+	// mode sees it): Cgroup, the pod and the container are that cgroup's,
+	// not the caller's.
+	IntoCgroup bool `json:"into_cgroup,omitempty"`
 
 	// CgroupID is the caller's cgroup id (its directory's inode number).
 	CgroupID uint64 `json:"-"`
@@ -232,6 +237,7 @@ func decodeFailure(e *forkwatchEvent, path string, clock Clock, f *Failure) erro
 		Cgroup:        path,
 		CgroupID:      e.CgroupId,
 		PathTruncated: e.Flags&uint8(forkwatchEventFlagsEVENT_PATH_TRUNCATED) != 0,
+		IntoCgroup:    e.Flags&uint8(forkwatchEventFlagsEVENT_TARGET_CGROUP) != 0,
 		Cause:         cause,
 	}
 	switch cause {

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type forkwatchConfig struct {
+	_           structs.HostLayout
+	TailEnabled uint8
+	Pad         [7]uint8
+}
+
 type forkwatchEvent struct {
 	_             structs.HostLayout
 	KtimeNs       uint64
@@ -42,6 +48,7 @@ type forkwatchEventFlags uint32
 
 const (
 	forkwatchEventFlagsEVENT_PATH_TRUNCATED forkwatchEventFlags = 1
+	forkwatchEventFlagsEVENT_TARGET_CGROUP  forkwatchEventFlags = 2
 )
 
 type forkwatchEventType uint32
@@ -86,6 +93,18 @@ type forkwatchNodeLimits struct {
 	ThreadsMax int64
 }
 
+type forkwatchPidsRefusal struct {
+	_            structs.HostLayout
+	KtimeNs      uint64
+	LimitId      uint64
+	LimitCurrent int64
+	LimitMax     int64
+	TargetCgroup uint64
+	LimitLevel   uint8
+	Found        uint8
+	Pad          [6]uint8
+}
+
 type forkwatchTaskCounts struct {
 	_                structs.HostLayout
 	ThreadsCreated   uint64
@@ -105,18 +124,34 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	forkwatchMapConfigNow         = "config_now"
 	forkwatchMapCountsByCgroup    = "counts_by_cgroup"
+	forkwatchMapEventScratch      = "event_scratch"
 	forkwatchMapEvents            = "events"
 	forkwatchMapEventsLost        = "events_lost"
 	forkwatchMapFailedProcs       = "failed_procs"
 	forkwatchMapNodeLimitsNow     = "node_limits_now"
+	forkwatchMapPidsRefusals      = "pids_refusals"
 	forkwatchMapTailedCgroups     = "tailed_cgroups"
+	forkwatchProgFexitCopyProc    = "fexit_copy_proc"
+	forkwatchProgFexitPidsFork    = "fexit_pids_fork"
+	forkwatchProgKpNewtaskPerf    = "kp_newtask_perf"
+	forkwatchProgKpNewtaskRh7     = "kp_newtask_rh7"
+	forkwatchProgKpNewtaskRing    = "kp_newtask_ring"
+	forkwatchProgKretForkPerf     = "kret_fork_perf"
+	forkwatchProgKretForkRh7      = "kret_fork_rh7"
+	forkwatchProgKretForkRing     = "kret_fork_ring"
+	forkwatchProgKretPidsFork     = "kret_pids_fork"
 	forkwatchProgRawTpExit        = "raw_tp_exit"
 	forkwatchProgRawTpFork        = "raw_tp_fork"
 	forkwatchProgTpExitClone      = "tp_exit_clone"
 	forkwatchProgTpExitClone3     = "tp_exit_clone3"
 	forkwatchProgTpExitFork       = "tp_exit_fork"
 	forkwatchProgTpExitVfork      = "tp_exit_vfork"
+	forkwatchProgTpPexitPerf      = "tp_pexit_perf"
+	forkwatchProgTpPexitRh7       = "tp_pexit_rh7"
+	forkwatchProgTpPexitRing      = "tp_pexit_ring"
+	forkwatchVarPerfOutput        = "perf_output"
 	forkwatchVarTailEnabled       = "tail_enabled"
 	forkwatchVarUnusedEvent       = "unused_event"
 	forkwatchVarUnusedEventFlags  = "unused_event_flags"
@@ -168,23 +203,38 @@ type forkwatchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type forkwatchProgramSpecs struct {
-	RawTpExit    *ebpf.ProgramSpec `ebpf:"raw_tp_exit"`
-	RawTpFork    *ebpf.ProgramSpec `ebpf:"raw_tp_fork"`
-	TpExitClone  *ebpf.ProgramSpec `ebpf:"tp_exit_clone"`
-	TpExitClone3 *ebpf.ProgramSpec `ebpf:"tp_exit_clone3"`
-	TpExitFork   *ebpf.ProgramSpec `ebpf:"tp_exit_fork"`
-	TpExitVfork  *ebpf.ProgramSpec `ebpf:"tp_exit_vfork"`
+	FexitCopyProc *ebpf.ProgramSpec `ebpf:"fexit_copy_proc"`
+	FexitPidsFork *ebpf.ProgramSpec `ebpf:"fexit_pids_fork"`
+	KpNewtaskPerf *ebpf.ProgramSpec `ebpf:"kp_newtask_perf"`
+	KpNewtaskRh7  *ebpf.ProgramSpec `ebpf:"kp_newtask_rh7"`
+	KpNewtaskRing *ebpf.ProgramSpec `ebpf:"kp_newtask_ring"`
+	KretForkPerf  *ebpf.ProgramSpec `ebpf:"kret_fork_perf"`
+	KretForkRh7   *ebpf.ProgramSpec `ebpf:"kret_fork_rh7"`
+	KretForkRing  *ebpf.ProgramSpec `ebpf:"kret_fork_ring"`
+	KretPidsFork  *ebpf.ProgramSpec `ebpf:"kret_pids_fork"`
+	RawTpExit     *ebpf.ProgramSpec `ebpf:"raw_tp_exit"`
+	RawTpFork     *ebpf.ProgramSpec `ebpf:"raw_tp_fork"`
+	TpExitClone   *ebpf.ProgramSpec `ebpf:"tp_exit_clone"`
+	TpExitClone3  *ebpf.ProgramSpec `ebpf:"tp_exit_clone3"`
+	TpExitFork    *ebpf.ProgramSpec `ebpf:"tp_exit_fork"`
+	TpExitVfork   *ebpf.ProgramSpec `ebpf:"tp_exit_vfork"`
+	TpPexitPerf   *ebpf.ProgramSpec `ebpf:"tp_pexit_perf"`
+	TpPexitRh7    *ebpf.ProgramSpec `ebpf:"tp_pexit_rh7"`
+	TpPexitRing   *ebpf.ProgramSpec `ebpf:"tp_pexit_ring"`
 }
 
 // forkwatchMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type forkwatchMapSpecs struct {
+	ConfigNow      *ebpf.MapSpec `ebpf:"config_now"`
 	CountsByCgroup *ebpf.MapSpec `ebpf:"counts_by_cgroup"`
+	EventScratch   *ebpf.MapSpec `ebpf:"event_scratch"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	EventsLost     *ebpf.MapSpec `ebpf:"events_lost"`
 	FailedProcs    *ebpf.MapSpec `ebpf:"failed_procs"`
 	NodeLimitsNow  *ebpf.MapSpec `ebpf:"node_limits_now"`
+	PidsRefusals   *ebpf.MapSpec `ebpf:"pids_refusals"`
 	TailedCgroups  *ebpf.MapSpec `ebpf:"tailed_cgroups"`
 }
 
@@ -192,6 +242,7 @@ type forkwatchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type forkwatchVariableSpecs struct {
+	PerfOutput        *ebpf.VariableSpec `ebpf:"perf_output"`
 	TailEnabled       *ebpf.VariableSpec `ebpf:"tail_enabled"`
 	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventFlags  *ebpf.VariableSpec `ebpf:"unused_event_flags"`
@@ -221,21 +272,27 @@ func (o *forkwatchObjects) Close() error {
 //
 // It can be passed to loadForkwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type forkwatchMaps struct {
+	ConfigNow      *ebpf.Map `ebpf:"config_now"`
 	CountsByCgroup *ebpf.Map `ebpf:"counts_by_cgroup"`
+	EventScratch   *ebpf.Map `ebpf:"event_scratch"`
 	Events         *ebpf.Map `ebpf:"events"`
 	EventsLost     *ebpf.Map `ebpf:"events_lost"`
 	FailedProcs    *ebpf.Map `ebpf:"failed_procs"`
 	NodeLimitsNow  *ebpf.Map `ebpf:"node_limits_now"`
+	PidsRefusals   *ebpf.Map `ebpf:"pids_refusals"`
 	TailedCgroups  *ebpf.Map `ebpf:"tailed_cgroups"`
 }
 
 func (m *forkwatchMaps) Close() error {
 	return _ForkwatchClose(
+		m.ConfigNow,
 		m.CountsByCgroup,
+		m.EventScratch,
 		m.Events,
 		m.EventsLost,
 		m.FailedProcs,
 		m.NodeLimitsNow,
+		m.PidsRefusals,
 		m.TailedCgroups,
 	)
 }
@@ -244,6 +301,7 @@ func (m *forkwatchMaps) Close() error {
 //
 // It can be passed to loadForkwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type forkwatchVariables struct {
+	PerfOutput        *ebpf.Variable `ebpf:"perf_output"`
 	TailEnabled       *ebpf.Variable `ebpf:"tail_enabled"`
 	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventFlags  *ebpf.Variable `ebpf:"unused_event_flags"`
@@ -257,22 +315,46 @@ type forkwatchVariables struct {
 //
 // It can be passed to loadForkwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type forkwatchPrograms struct {
-	RawTpExit    *ebpf.Program `ebpf:"raw_tp_exit"`
-	RawTpFork    *ebpf.Program `ebpf:"raw_tp_fork"`
-	TpExitClone  *ebpf.Program `ebpf:"tp_exit_clone"`
-	TpExitClone3 *ebpf.Program `ebpf:"tp_exit_clone3"`
-	TpExitFork   *ebpf.Program `ebpf:"tp_exit_fork"`
-	TpExitVfork  *ebpf.Program `ebpf:"tp_exit_vfork"`
+	FexitCopyProc *ebpf.Program `ebpf:"fexit_copy_proc"`
+	FexitPidsFork *ebpf.Program `ebpf:"fexit_pids_fork"`
+	KpNewtaskPerf *ebpf.Program `ebpf:"kp_newtask_perf"`
+	KpNewtaskRh7  *ebpf.Program `ebpf:"kp_newtask_rh7"`
+	KpNewtaskRing *ebpf.Program `ebpf:"kp_newtask_ring"`
+	KretForkPerf  *ebpf.Program `ebpf:"kret_fork_perf"`
+	KretForkRh7   *ebpf.Program `ebpf:"kret_fork_rh7"`
+	KretForkRing  *ebpf.Program `ebpf:"kret_fork_ring"`
+	KretPidsFork  *ebpf.Program `ebpf:"kret_pids_fork"`
+	RawTpExit     *ebpf.Program `ebpf:"raw_tp_exit"`
+	RawTpFork     *ebpf.Program `ebpf:"raw_tp_fork"`
+	TpExitClone   *ebpf.Program `ebpf:"tp_exit_clone"`
+	TpExitClone3  *ebpf.Program `ebpf:"tp_exit_clone3"`
+	TpExitFork    *ebpf.Program `ebpf:"tp_exit_fork"`
+	TpExitVfork   *ebpf.Program `ebpf:"tp_exit_vfork"`
+	TpPexitPerf   *ebpf.Program `ebpf:"tp_pexit_perf"`
+	TpPexitRh7    *ebpf.Program `ebpf:"tp_pexit_rh7"`
+	TpPexitRing   *ebpf.Program `ebpf:"tp_pexit_ring"`
 }
 
 func (p *forkwatchPrograms) Close() error {
 	return _ForkwatchClose(
+		p.FexitCopyProc,
+		p.FexitPidsFork,
+		p.KpNewtaskPerf,
+		p.KpNewtaskRh7,
+		p.KpNewtaskRing,
+		p.KretForkPerf,
+		p.KretForkRh7,
+		p.KretForkRing,
+		p.KretPidsFork,
 		p.RawTpExit,
 		p.RawTpFork,
 		p.TpExitClone,
 		p.TpExitClone3,
 		p.TpExitFork,
 		p.TpExitVfork,
+		p.TpPexitPerf,
+		p.TpPexitRh7,
+		p.TpPexitRing,
 	)
 }
 

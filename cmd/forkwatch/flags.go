@@ -24,10 +24,12 @@ type Flags struct {
 	Namespace   string
 	Wait        bool
 	MetricsAddr string
+	BTF         string
 
 	// Hidden: for readiness probes and tests.
 	ReadyFile      string
 	RingBufferSize int
+	PerfBuffer     bool
 
 	podLogsDirSet bool
 }
@@ -45,13 +47,16 @@ func (f *Flags) SetFlags(fs *pflag.FlagSet) {
 	fs.StringVarP(&f.Namespace, "namespace", "n", "", "with --pod: the pod's namespace (default: any)")
 	fs.BoolVar(&f.Wait, "wait", false, "with --pod: wait for a pod that does not exist yet instead of exiting")
 	fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics, /healthz and /readyz on this address, e.g. :9479")
-	fs.Var(&f.Mode, "mode", "how to attach to the kernel: "+strings.Join(modeNames(), ", "))
+	fs.Var(&f.Mode, "mode", "how to attach to the kernel: "+strings.Join(modeNames(), ", ")+" (auto: the best this kernel supports)")
+	fs.StringVar(&f.BTF, "btf", "", "BTF file of the running kernel, for kernels without /sys/kernel/btf/vmlinux (e.g. CentOS 7: from BTFHub)")
 	fs.StringVar(&f.CgroupRoot, "cgroup-root", "", "mount of the cgroup hierarchy holding the pids controller (default: /sys/fs/cgroup/pids if mounted, else /sys/fs/cgroup)")
 	fs.StringVar(&f.PodLogsDir, "pod-logs-dir", defaultPodLogsDir, "kubelet's pod log directory, <namespace>_<name>_<uid>/ per pod, used to name pods")
 	fs.StringVar(&f.ReadyFile, "ready-file", "", "create this file once every probe is attached")
 	fs.IntVar(&f.RingBufferSize, "ring-buffer-size", tracer.DefaultRingBufferSize, "size of the failure ring buffer in bytes (power of two)")
+	fs.BoolVar(&f.PerfBuffer, "perf-buffer", false, "hand records over through a perf event array, as on kernels without a BPF ring buffer")
 	_ = fs.MarkHidden("ready-file")
 	_ = fs.MarkHidden("ring-buffer-size")
+	_ = fs.MarkHidden("perf-buffer")
 }
 
 // Parse parses args and checks values that pflag's types do not.

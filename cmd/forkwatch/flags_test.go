@@ -36,6 +36,18 @@ func TestFlagsValues(t *testing.T) {
 	}
 }
 
+func TestFlagsModesAndBTF(t *testing.T) {
+	for _, mode := range []string{"auto", "fentry", "tracepoint", "kprobe"} {
+		f, err := parse("--mode", mode, "--btf", "/btf/vmlinux", "--perf-buffer")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(f.Mode) != mode || f.BTF != "/btf/vmlinux" || !f.PerfBuffer {
+			t.Fatalf("parsed: %+v", f)
+		}
+	}
+}
+
 func TestFlagsRejectBadInput(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -44,7 +56,7 @@ func TestFlagsRejectBadInput(t *testing.T) {
 		{[]string{"--bogus"}, "unknown flag: --bogus"},
 		{[]string{"-o", "xml"}, "must be text or json"},
 		{[]string{"--output=yaml"}, "must be text or json"},
-		{[]string{"--mode", "magic"}, "must be one of auto, tracepoint"},
+		{[]string{"--mode", "magic"}, "must be one of auto, fentry, tracepoint, kprobe"},
 		{[]string{"--duration", "soon"}, "invalid argument"},
 		{[]string{"--duration", "-5s"}, "must be positive"},
 		{[]string{"--ring-buffer-size", "5000"}, "power of two"},

@@ -83,7 +83,7 @@ func checkUsageError(t *testing.T, cmd *exec.Cmd, want string) {
 func TestDurationDetaches(t *testing.T) {
 	requireRoot(t)
 	ready := filepath.Join(t.TempDir(), "ready")
-	cmd := exec.Command(forkwatchBin, "-o", "json", "--duration", "1s", "--ready-file", ready)
+	cmd := exec.Command(forkwatchBin, append([]string{"-o", "json", "--duration", "1s", "--ready-file", ready}, modeArgs()...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -181,6 +181,59 @@ func checkFailure(t *testing.T, e event, cause, cgroup string, p *pod, ctr strin
 	}
 }
 
+// A container runtime starting a process with clone3(CLONE_INTO_CGROUP) in a
+// pod whose pids cgroup is full: the caller's own cgroups have room. fentry
+// mode sees the refusal in pids_can_fork() and names the pod the child was
+// to join and its limit; the other modes see a failure whose limit is not the
+// caller's, and say unknown rather than guess.
+func TestCloneIntoFullCgroup(t *testing.T) {
+	requireRoot(t)
+	tr := newTestTree(t)
+	if !tr.v2 {
+		t.Skip("CLONE_INTO_CGROUP needs the pids controller on cgroup v2; test/vm runs it on its v2 kernels")
+	}
+	p := pod{Namespace: "shop", Name: "cart-7d9", UID: newPodUID()}
+	ctr := randomHex(32)
+	podCgroup := tr.base + "/kubepods/pod" + p.UID
+	ctrCgroup := podCgroup + "/" + ctr
+	runtimeCgroup := tr.base + "/containerd.service"
+	tr.mkdir(ctrCgroup)
+	tr.mkdir(runtimeCgroup)
+	tr.setMax(podCgroup, 5)
+
+	fw := startForkwatch(t, "-o", "json", "--pod-logs-dir", podLogsDir(t, p))
+	exact := false
+	for _, e := range fw.events(func(e event) bool { return e.Event == "attached" }) {
+		for _, prog := range e.Programs {
+			exact = exact || prog.Hook == "fexit/pids_can_fork"
+		}
+	}
+	s := fill(t, "--cgroup", filepath.Join(tr.root, runtimeCgroup), "--into", filepath.Join(tr.root, ctrCgroup), "--attempts", "10")
+	if s.Filled != 5 {
+		t.Fatalf("storm placed %d children in the pod, want 5 (its pids.max)", s.Filled)
+	}
+	for _, e := range fw.allFailures(s, ofStorm(s)) {
+		if e.Syscall != "clone3" || e.Errno != "EAGAIN" {
+			t.Fatalf("failure %+v: want clone3 failing with EAGAIN", e)
+		}
+		if !exact {
+			if e.Cause != "unknown" || e.Cgroup != runtimeCgroup || e.IntoCgroup {
+				t.Fatalf("without fexit/pids_can_fork: cause %q, cgroup %q, into_cgroup %v; want unknown in the caller's %s", e.Cause, e.Cgroup, e.IntoCgroup, runtimeCgroup)
+			}
+			continue
+		}
+		if !e.IntoCgroup {
+			t.Fatalf("failure %+v: into_cgroup not set", e)
+		}
+		e.Syscall = "clone" // checkFailure's storm forks with clone
+		checkFailure(t, e, "pids_cgroup", ctrCgroup, &p, ctr)
+		if e.Limit.Cgroup != podCgroup || e.Limit.Max != 5 || e.Limit.Current != 5 {
+			t.Fatalf("limit = %+v, want cgroup %s at 5/5", *e.Limit, podCgroup)
+		}
+	}
+	t.Logf("%d failures, refusing cgroup found in the kernel: %v", s.Failures, exact)
+}
+
 func hostPIDNamespace(t *testing.T) uint64 {
 	var st unix.Stat_t
 	if err := unix.Stat("/proc/self/ns/pid", &st); err != nil {

@@ -227,6 +227,10 @@ type event struct {
 	Count       uint64    `json:"count"`
 	Total       uint64    `json:"total"`
 	Mode        string    `json:"mode"`
+	IntoCgroup  bool      `json:"into_cgroup"`
+	Programs    []struct {
+		Program, Hook, Mode, Fallback string
+	} `json:"programs"`
 }
 
 // forkwatch is a running forkwatch process.
@@ -240,12 +244,33 @@ type forkwatch struct {
 	exit   error
 }
 
-// startForkwatch runs forkwatch with args and returns once every probe is
-// attached (its --ready-file exists). The test's cleanup stops it.
+// modeArgs are the flags that run forkwatch the way the environment asks,
+// so that the same scenarios run in every mode (test/vm/e2e.sh):
+// FORKWATCH_MODE=auto|fentry|tracepoint|kprobe (--mode), FORKWATCH_RINGBUF=off
+// (--perf-buffer: a perf event array instead of the ring buffer) and
+// FORKWATCH_BTF=FILE (--btf: CO-RE against a BTF file, not the kernel's).
+func modeArgs() []string {
+	var args []string
+	if m := os.Getenv("FORKWATCH_MODE"); m != "" {
+		args = append(args, "--mode", m)
+	}
+	if os.Getenv("FORKWATCH_RINGBUF") == "off" {
+		args = append(args, "--perf-buffer")
+	}
+	if f := os.Getenv("FORKWATCH_BTF"); f != "" {
+		args = append(args, "--btf", f)
+	}
+	return args
+}
+
+// startForkwatch runs forkwatch with args (and modeArgs) and returns once
+// every probe is attached (its --ready-file exists). The test's cleanup
+// stops it.
 func startForkwatch(t *testing.T, args ...string) *forkwatch {
 	t.Helper()
 	ready := filepath.Join(t.TempDir(), "ready")
 	fw := &forkwatch{t: t, done: make(chan struct{})}
+	args = append(slices.Clip(args), modeArgs()...)
 	fw.cmd = exec.Command(forkwatchBin, append(args, "--ready-file", ready)...)
 	fw.cmd.Stderr = &fw.stderr
 	out, err := fw.cmd.StdoutPipe()
@@ -270,6 +295,9 @@ func startForkwatch(t *testing.T, args ...string) *forkwatch {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := os.Stat(ready); err == nil {
+			if slices.Contains(args, "json") {
+				fw.checkMode()
+			}
 			return fw
 		}
 		select {
@@ -281,6 +309,21 @@ func startForkwatch(t *testing.T, args ...string) *forkwatch {
 			t.Fatalf("forkwatch did not attach within 30s\n%s", fw.stderr.String())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// checkMode checks that a forkwatch started with -o json attached in the
+// mode FORKWATCH_MODE asked for.
+func (fw *forkwatch) checkMode() {
+	fw.t.Helper()
+	want := os.Getenv("FORKWATCH_MODE")
+	if want == "" || want == "auto" {
+		return
+	}
+	attached := func(e event) bool { return e.Event == "attached" }
+	fw.waitFor("the attached object", func() bool { return len(fw.events(attached)) > 0 })
+	if got := fw.events(attached)[0].Mode; got != want {
+		fw.t.Fatalf("forkwatch attached in %s mode, want %s", got, want)
 	}
 }
 
@@ -423,6 +466,10 @@ func findForkwatchPrograms() []string {
 	names := map[string]bool{
 		"tp_exit_clone": true, "tp_exit_clone3": true, "tp_exit_fork": true,
 		"tp_exit_vfork": true, "raw_tp_fork": true, "raw_tp_exit": true,
+		"fexit_copy_proc": true, "fexit_pids_fork": true, "kret_fork_ring": true,
+		"kret_fork_perf": true, "kret_fork_rh7": true, "kret_pids_fork": true,
+		"kp_newtask_ring": true, "kp_newtask_perf": true, "kp_newtask_rh7": true,
+		"tp_pexit_ring": true, "tp_pexit_perf": true, "tp_pexit_rh7": true,
 	}
 	var found []string
 	var id ebpf.ProgramID

@@ -35,7 +35,7 @@ func TestLiveViewInTmux(t *testing.T) {
 		return string(out)
 	}
 	tmux("new-session", "-d", "-s", session, "-x", "200", "-y", "50",
-		forkwatchBin+" --pod-logs-dir "+podLogsDir(t, p))
+		forkwatchBin+" --pod-logs-dir "+podLogsDir(t, p)+" "+strings.Join(modeArgs(), " "))
 	t.Cleanup(func() { _ = exec.Command("tmux", "kill-session", "-t", session).Run() })
 
 	clock := regexp.MustCompile(`^forkwatch  (\d\d:\d\d:\d\d)  node: \d+ tasks, pid_max \d+, threads-max \d+`)

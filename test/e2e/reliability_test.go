@@ -112,10 +112,10 @@ func TestSurvivesItsPIDNamespaceFull(t *testing.T) {
 	ready := filepath.Join(dir, "ready")
 	addr := freePort(t)
 	script := fmt.Sprintf(`echo 500 > /proc/sys/kernel/pid_max
-%s -o json --metrics-addr %s --ready-file %s > %s/out 2> %s/err &
+%s -o json --metrics-addr %s --ready-file %s %s > %s/out 2> %s/err &
 echo $! > %s/pid
 while [ ! -e %s ]; do sleep 0.05; done
-exec %s fill --attempts 5 > %s/fill`, forkwatchBin, addr, ready, dir, dir, dir, ready, stormBin, dir)
+exec %s fill --attempts 5 > %s/fill`, forkwatchBin, addr, ready, strings.Join(modeArgs(), " "), dir, dir, dir, ready, stormBin, dir)
 	ns := exec.Command(unshare, "--pid", "--fork", "--mount-proc", "sh", "-c", script)
 	stdin, err := ns.StdinPipe()
 	if err != nil {

@@ -2,13 +2,15 @@
 // nodes down: a process that forks until a PID limit refuses it, threads
 // leaking until the limit is gone, create/exit storms.
 //
-//	storm fill [--cgroup DIR] [--uid U --nproc N] [--pidns --pid-max N] [--attempts K] [--max M] [--rmdir]
+//	storm fill [--cgroup DIR | --into DIR] [--uid U --nproc N] [--pidns --pid-max N] [--attempts K] [--max M] [--rmdir]
 //	    Forks sleeping children until fork fails (or M are alive), then tries
 //	    K more forks, each a single clone(2) whose failure is counted. Prints a
 //	    JSON summary on stdout, then holds the children until stdin closes or
 //	    SIGTERM, kills and reaps them. With --rmdir it instead releases them at
 //	    once, moves itself to the parent cgroup and removes DIR: a container
-//	    that dies right after its forks failed.
+//	    that dies right after its forks failed. With --into (cgroup v2), the
+//	    storm stays where it is and each fork is a clone3(2) placing the child
+//	    in DIR (CLONE_INTO_CGROUP), as container runtimes start processes.
 //	storm threads --count N [--cgroup DIR]
 //	    Starts N OS threads through the Go runtime and holds them, like a Java
 //	    or Go service leaking threads. When the runtime cannot create one it
@@ -36,6 +38,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -111,6 +114,7 @@ func fill(args []string) error {
 	attempts := fs.Int("attempts", 20, "forks to try once full")
 	max := fs.Int("max", 100000, "stop filling at this many children")
 	rmdir := fs.Bool("rmdir", false, "remove --cgroup right after the failures")
+	into := fs.String("into", "", "fork with clone3(CLONE_INTO_CGROUP) into this cgroup v2 directory")
 	_ = fs.Parse(args)
 
 	// Everything after this point must not need a new OS thread: the
@@ -145,10 +149,19 @@ func fill(args []string) error {
 		}
 	}
 
+	fork := rawFork
+	if *into != "" {
+		dir, err := unix.Open(*into, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("--into: %w", err)
+		}
+		defer unix.Close(dir)
+		fork = func() (uintptr, syscall.Errno) { return rawForkInto(dir) }
+	}
 	s := Summary{PID: os.Getpid(), TID: unix.Gettid(), Errnos: map[string]int{}}
 	var children []int
 	for len(children) < *max {
-		pid, errno := rawFork()
+		pid, errno := fork()
 		if errno != 0 {
 			s.Failures++
 			s.Errnos[unix.ErrnoName(errno)]++
@@ -159,7 +172,7 @@ func fill(args []string) error {
 	s.Filled = len(children)
 	for i := 0; i < *attempts; i++ {
 		s.Attempts++
-		pid, errno := rawFork()
+		pid, errno := fork()
 		if errno != 0 {
 			s.Failures++
 			s.Errnos[unix.ErrnoName(errno)]++
@@ -290,17 +303,41 @@ func release(children []int) {
 //go:norace
 func rawFork() (uintptr, syscall.Errno) {
 	pid, _, errno := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	return forked(pid, errno)
+}
+
+// forked returns what a raw fork returned in the parent; in the child it
+// never returns: the child sleeps until killed, and dies with the parent.
+//
+//go:nosplit
+//go:norace
+func forked(pid uintptr, errno syscall.Errno) (uintptr, syscall.Errno) {
 	if errno != 0 {
 		return 0, errno
 	}
 	if pid == 0 {
-		// Die with the parent, whatever kills it.
 		syscall.RawSyscall6(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0, 0)
 		for {
 			syscall.RawSyscall(syscall.SYS_PAUSE, 0, 0, 0)
 		}
 	}
 	return pid, 0
+}
+
+// cloneArgs is struct clone_args up to its cgroup field (CLONE_ARGS_SIZE_VER2).
+type cloneArgs struct {
+	flags, pidfd, childTID, parentTID, exitSignal, stack, stackSize, tls, setTID, setTIDSize, cgroup uint64
+}
+
+// rawForkInto is rawFork through clone3(2), the child placed in the cgroup
+// v2 directory open as dir (CLONE_INTO_CGROUP, 5.7+).
+//
+//go:nosplit
+//go:norace
+func rawForkInto(dir int) (uintptr, syscall.Errno) {
+	args := cloneArgs{flags: unix.CLONE_INTO_CGROUP, exitSignal: uint64(syscall.SIGCHLD), cgroup: uint64(dir)}
+	pid, _, errno := syscall.RawSyscall(unix.SYS_CLONE3, uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args), 0)
+	return forked(pid, errno)
 }
 
 func threads(args []string) error {

@@ -11,14 +11,20 @@
 # Environment:
 #   FORKWATCH_VM_KERNELS  kernels (default "5.10 6.1 6.12 newest")
 #   FORKWATCH_VM_CGROUPS  cgroup layouts (default "v2 hybrid")
+#   FORKWATCH_VM_MODES    forkwatch modes, a third dimension (default "-": one
+#                         cell per kernel x layout, no mode set). Each is
+#                         auto|fentry|tracepoint|kprobe, with "+perf" for a perf
+#                         event array instead of the ring buffer: the cell's
+#                         command gets FORKWATCH_MODE (and FORKWATCH_RINGBUF=off).
 #   FORKWATCH_VM_JOBS     VMs at once (default 2; each takes ~300 MiB and a core)
-#   FORKWATCH_VM_LOGS     a folder to keep each cell's output in (<kernel>-<layout>.log)
+#   FORKWATCH_VM_LOGS     a folder to keep each cell's output in (<kernel>-<layout>[-<mode>].log)
 #   FORKWATCH_VM_VERBOSE  if set, print every cell's output, not only the failed ones
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 read -ra kernels <<<"${FORKWATCH_VM_KERNELS:-5.10 6.1 6.12 newest}"
 read -ra layouts <<<"${FORKWATCH_VM_CGROUPS:-v2 hybrid}"
+read -ra modes <<<"${FORKWATCH_VM_MODES:--}"
 jobs=${FORKWATCH_VM_JOBS:-2}
 
 log() { printf 'matrix.sh: %s\n' "$*" >&2; }
@@ -38,7 +44,10 @@ while (($#)); do
 	esac
 done
 [[ ${1:-} == -- && $# -gt 1 ]] || { log "no command given"; usage; }
-((${#kernels[@]} && ${#layouts[@]})) || { log "no kernels or no cgroup layouts"; exit 2; }
+((${#kernels[@]} && ${#layouts[@]} && ${#modes[@]})) || { log "no kernels, cgroup layouts or modes"; exit 2; }
+for m in "${modes[@]}"; do
+	[[ $m =~ ^(-|(auto|fentry|tracepoint|kprobe)(\+perf)?)$ ]] || { log "FORKWATCH_VM_MODES: unknown mode $m (auto, fentry, tracepoint, kprobe, each with +perf)"; exit 2; }
+done
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || { log "FORKWATCH_VM_JOBS must be a positive number"; exit 2; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/forkwatch-matrix.XXXXXX")
@@ -71,12 +80,27 @@ for k in "${kernels[@]}"; do
 done
 echo "kernels: ${releases[*]}"
 
-# cell KERNEL LAYOUT: one run.sh; writes its status and time, prints its line.
+# cellname KERNEL LAYOUT MODE: the cell's name, its log's and result's.
+cellname() {
+	local name
+	name=$(basename -- "$1")-$2
+	[[ $3 == - ]] || name+=-$3
+	echo "$name"
+}
+
+# cell KERNEL LAYOUT MODE: one run.sh; writes its status and time, prints its line.
 cell() {
-	local k=$1 l=$2 name start rc=0 secs result
-	name=$(basename -- "$k")-$l
+	local k=$1 l=$2 m=$3 name start rc=0 secs result label
+	local -a env=()
+	name=$(cellname "$k" "$l" "$m")
+	label="$k $l"
+	if [[ $m != - ]]; then
+		label+=" $m"
+		env=(FORKWATCH_MODE="${m%+perf}")
+		[[ $m == *+perf ]] && env+=(FORKWATCH_RINGBUF=off)
+	fi
 	start=$EPOCHREALTIME
-	"$here/run.sh" --kernel "$k" --cgroup "$l" "${args[@]}" "${cmd[@]}" >"$logs/$name.log" 2>&1 </dev/null &
+	env ${env[@]+"${env[@]}"} "$here/run.sh" --kernel "$k" --cgroup "$l" "${args[@]}" "${cmd[@]}" >"$logs/$name.log" 2>&1 </dev/null &
 	echo $! >"$tmp/$name.pid"
 	wait $! || rc=$?
 	rm -f "$tmp/$name.pid"
@@ -87,7 +111,7 @@ cell() {
 	129 | 130 | 143) result="STOPPED" ;;
 	*) result="FAIL (exit $rc)" ;;
 	esac
-	printf '%s %s %s %ss\n' "$k" "$l" "$result" "$secs" | tee "$tmp/$name.result"
+	printf '%s %s %ss\n' "$label" "$result" "$secs" | tee "$tmp/$name.result"
 }
 
 cmd=("$@") # starts with --
@@ -95,12 +119,14 @@ started=$EPOCHREALTIME
 running=0
 for k in "${kernels[@]}"; do
 	for l in "${layouts[@]}"; do
-		if ((running >= jobs)); then
-			wait -n || true
-			running=$((running - 1))
-		fi
-		cell "$k" "$l" &
-		running=$((running + 1))
+		for m in "${modes[@]}"; do
+			if ((running >= jobs)); then
+				wait -n || true
+				running=$((running - 1))
+			fi
+			cell "$k" "$l" "$m" &
+			running=$((running + 1))
+		done
 	done
 done
 wait || true
@@ -109,19 +135,23 @@ passed=0 failed=0
 failures=()
 for k in "${kernels[@]}"; do
 	for l in "${layouts[@]}"; do
-		name=$(basename -- "$k")-$l
-		if [[ -f $tmp/$name.result ]] && grep -q " PASS " "$tmp/$name.result"; then
-			passed=$((passed + 1))
-		else
-			failed=$((failed + 1))
-			failures+=("$name")
-		fi
+		for m in "${modes[@]}"; do
+			name=$(cellname "$k" "$l" "$m")
+			if [[ -f $tmp/$name.result ]] && grep -q " PASS " "$tmp/$name.result"; then
+				passed=$((passed + 1))
+			else
+				failed=$((failed + 1))
+				failures+=("$name")
+			fi
+		done
 	done
 done
 if [[ -n ${FORKWATCH_VM_VERBOSE:-} ]]; then
 	shown=()
 	for k in "${kernels[@]}"; do
-		for l in "${layouts[@]}"; do shown+=("$(basename -- "$k")-$l"); done
+		for l in "${layouts[@]}"; do
+			for m in "${modes[@]}"; do shown+=("$(cellname "$k" "$l" "$m")"); done
+		done
 	done
 else
 	shown=(${failures[@]+"${failures[@]}"})
@@ -133,6 +163,6 @@ for name in ${shown[@]+"${shown[@]}"}; do
 done
 echo
 total=$(awk -v a="$started" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", b - a}')
-echo "${#kernels[@]} kernels x ${#layouts[@]} cgroup layouts in ${total}s${failures[*]:+; failed: ${failures[*]}}"
+echo "${#kernels[@]} kernels x ${#layouts[@]} cgroup layouts x ${#modes[@]} modes in ${total}s${failures[*]:+; failed: ${failures[*]}}"
 echo "matrix: $passed passed, $failed failed"
 ((failed == 0))
