@@ -193,6 +193,9 @@ enum variant {
 	V_OUT_RING = 1,
 	V_OUT_PERF = 2,
 	V_CGROUP_RH7 = 4, /* cgroups before kernfs: 3.10, CentOS/RHEL 7 */
+	/* BTF-enabled program (tp_btf, 5.5+): the per-creation path reads
+	 * kernel memory directly instead of through a helper call per field. */
+	V_BTF = 8,
 };
 
 /* Kernels before 6.2 kept pids_cgroup.limit as a plain int64_t; since then it
@@ -1091,15 +1094,44 @@ static __always_inline bool tailed(struct cgroup *cg, int v)
 	return false;
 }
 
+/* task_cgroup() and cgroup_id() by direct loads, for BTF-enabled programs
+ * (5.5+: kernfs ids, a default hierarchy). Every creation and exit on the
+ * node runs this: a helper call per field would cost more than the rest. */
+static __always_inline struct cgroup *task_cgroup_btf(struct task_struct *task, u64 *id)
+{
+	struct css_set *cset = task->cgroups;
+	struct cgroup *cg = cset->dfl_cgrp;
+	int ss = pids_subsys_id();
+
+	if (ss >= 0) {
+		struct cgroup_subsys_state *css = cset->subsys[ss & 63];
+
+		if (css && css->cgroup->root != cg->root)
+			cg = css->cgroup;
+	}
+	*id = cg->kn->id;
+	return cg;
+}
+
 /* child exists and has been attached to its cgroup (also with
  * CLONE_INTO_CGROUP): count it there. */
 static __always_inline int on_task_created(void *ctx, struct task_struct *parent,
 					   struct task_struct *child, int v)
 {
-	struct cgroup *cg = task_cgroup(child, task_pids_css(child));
-	u64 cgid = cgroup_id(cg, v);
-	struct task_counts *c = counts_for(cgid);
-	bool thread = BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid);
+	struct task_counts *c;
+	struct cgroup *cg;
+	bool thread;
+	u64 cgid;
+
+	if (v & V_BTF) {
+		cg = task_cgroup_btf(child, &cgid);
+		thread = child->pid != child->tgid;
+	} else {
+		cg = task_cgroup(child, task_pids_css(child));
+		cgid = cgroup_id(cg, v);
+		thread = BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid);
+	}
+	c = counts_for(cgid);
 
 	if (c) {
 		if (thread)
@@ -1126,14 +1158,27 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
  * leader's exit counts as the process's. */
 static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int v)
 {
-	struct cgroup *cg = task_cgroup(task, task_pids_css(task));
-	u64 cgid = cgroup_id(cg, v);
-	struct task_counts *c = counts_for(cgid);
-	u32 tgid = BPF_CORE_READ(task, tgid);
-	bool thread = BPF_CORE_READ(task, pid) != tgid;
-	bool group_dead = BPF_CORE_READ(task, signal, live.counter) == 0;
 	struct failed_proc *fp = NULL;
+	struct task_counts *c;
+	bool thread, group_dead;
+	struct cgroup *cg;
 	struct event *e;
+	u64 cgid;
+	u32 tgid;
+
+	if (v & V_BTF) {
+		cg = task_cgroup_btf(task, &cgid);
+		tgid = task->tgid;
+		thread = task->pid != tgid;
+		group_dead = task->signal->live.counter == 0;
+	} else {
+		cg = task_cgroup(task, task_pids_css(task));
+		cgid = cgroup_id(cg, v);
+		tgid = BPF_CORE_READ(task, tgid);
+		thread = BPF_CORE_READ(task, pid) != tgid;
+		group_dead = BPF_CORE_READ(task, signal, live.counter) == 0;
+	}
+	c = counts_for(cgid);
 
 	if (c) {
 		if (thread)
@@ -1180,6 +1225,19 @@ SEC("raw_tp/sched_process_exit")
 int BPF_PROG(raw_tp_exit, struct task_struct *task)
 {
 	return on_task_exit(ctx, task, V_OUT_GLOBAL);
+}
+
+/* The same as BTF-enabled tracepoints (5.5+), preferred where they load. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(btf_tp_fork, struct task_struct *parent, struct task_struct *child)
+{
+	return on_task_created(ctx, parent, child, V_BTF);
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(btf_tp_exit, struct task_struct *task)
+{
+	return on_task_exit(ctx, task, V_BTF);
 }
 
 /* Kprobe mode (no raw tracepoints before 4.17): wake_up_new_task(child) is

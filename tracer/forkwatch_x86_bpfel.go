@@ -133,6 +133,8 @@ const (
 	forkwatchMapNodeLimitsNow     = "node_limits_now"
 	forkwatchMapPidsRefusals      = "pids_refusals"
 	forkwatchMapTailedCgroups     = "tailed_cgroups"
+	forkwatchProgBtfTpExit        = "btf_tp_exit"
+	forkwatchProgBtfTpFork        = "btf_tp_fork"
 	forkwatchProgFexitCopyProc    = "fexit_copy_proc"
 	forkwatchProgFexitPidsFork    = "fexit_pids_fork"
 	forkwatchProgKpNewtaskPerf    = "kp_newtask_perf"
@@ -203,6 +205,8 @@ type forkwatchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type forkwatchProgramSpecs struct {
+	BtfTpExit     *ebpf.ProgramSpec `ebpf:"btf_tp_exit"`
+	BtfTpFork     *ebpf.ProgramSpec `ebpf:"btf_tp_fork"`
 	FexitCopyProc *ebpf.ProgramSpec `ebpf:"fexit_copy_proc"`
 	FexitPidsFork *ebpf.ProgramSpec `ebpf:"fexit_pids_fork"`
 	KpNewtaskPerf *ebpf.ProgramSpec `ebpf:"kp_newtask_perf"`
@@ -315,6 +319,8 @@ type forkwatchVariables struct {
 //
 // It can be passed to loadForkwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type forkwatchPrograms struct {
+	BtfTpExit     *ebpf.Program `ebpf:"btf_tp_exit"`
+	BtfTpFork     *ebpf.Program `ebpf:"btf_tp_fork"`
 	FexitCopyProc *ebpf.Program `ebpf:"fexit_copy_proc"`
 	FexitPidsFork *ebpf.Program `ebpf:"fexit_pids_fork"`
 	KpNewtaskPerf *ebpf.Program `ebpf:"kp_newtask_perf"`
@@ -337,6 +343,8 @@ type forkwatchPrograms struct {
 
 func (p *forkwatchPrograms) Close() error {
 	return _ForkwatchClose(
+		p.BtfTpExit,
+		p.BtfTpFork,
 		p.FexitCopyProc,
 		p.FexitPidsFork,
 		p.KpNewtaskPerf,

@@ -23,8 +23,8 @@ import (
 //	failures   fexit/copy_process    syscall exits of clone, clone3,     kretprobe on kernel_clone,
 //	                                 fork and vfork                      _do_fork or do_fork
 //	refusals   fexit/pids_can_fork   -                                   kretprobe/pids_can_fork
-//	tasks      raw_tp/sched_process_fork and _exit (both)                kprobe/wake_up_new_task,
-//	                                                                     tracepoint/sched/sched_process_exit
+//	tasks      tp_btf/sched_process_fork and _exit, else          kprobe/wake_up_new_task,
+//	           raw_tp/sched_process_fork and _exit (both)                tracepoint/sched/sched_process_exit
 //
 // The refusals job is optional: it makes the pids cause exact (fentry: also
 // the cgroup a clone3 with CLONE_INTO_CGROUP was to join); without it the
@@ -35,6 +35,7 @@ const (
 	onTracepoint    hookKind = iota // at: group, name
 	onRawTracepoint                 // at: name
 	onFexit                         // at: the function (as in the program's section)
+	onBTFTracepoint                 // at: name (as in the program's section)
 	onKprobe                        // at: the first of these symbols the kernel has
 	onKretprobe                     // at: as onKprobe
 )
@@ -58,6 +59,8 @@ func (h hook) describe(symbol string) string {
 		return "raw_tp/" + h.at[0]
 	case onFexit:
 		return "fexit/" + h.at[0]
+	case onBTFTracepoint:
+		return "tp_btf/" + h.at[0]
 	case onKprobe:
 		return "kprobe/" + symbol
 	default:
@@ -105,29 +108,37 @@ func jobs(mode Mode, perf, rh7 bool) ([]job, error) {
 	case perf:
 		kretFork, kpNewTask, tpExit = forkwatchProgKretForkPerf, forkwatchProgKpNewtaskPerf, forkwatchProgTpPexitPerf
 	}
-	failures := map[Mode]plan{
-		ModeFentry: {ModeFentry, []hook{{prog: forkwatchProgFexitCopyProc, kind: onFexit, at: []string{"copy_process"}}}},
-		ModeTracepoint: {ModeTracepoint, []hook{
+	failures := map[Mode][]plan{
+		ModeFentry: {{ModeFentry, []hook{{prog: forkwatchProgFexitCopyProc, kind: onFexit, at: []string{"copy_process"}}}}},
+		ModeTracepoint: {{ModeTracepoint, []hook{
 			{prog: forkwatchProgTpExitClone, kind: onTracepoint, at: []string{"syscalls", "sys_exit_clone"}},
 			{prog: forkwatchProgTpExitClone3, kind: onTracepoint, at: []string{"syscalls", "sys_exit_clone3"}, optional: true},
 			{prog: forkwatchProgTpExitFork, kind: onTracepoint, at: []string{"syscalls", "sys_exit_fork"}},
 			{prog: forkwatchProgTpExitVfork, kind: onTracepoint, at: []string{"syscalls", "sys_exit_vfork"}},
-		}},
-		ModeKprobe: {ModeKprobe, []hook{{prog: kretFork, kind: onKretprobe, at: forkPath, maxActive: true}}},
+		}}},
+		ModeKprobe: {{ModeKprobe, []hook{{prog: kretFork, kind: onKretprobe, at: forkPath, maxActive: true}}}},
 	}
-	refusals := map[Mode]plan{
-		ModeFentry: {ModeFentry, []hook{{prog: forkwatchProgFexitPidsFork, kind: onFexit, at: []string{"pids_can_fork"}}}},
-		ModeKprobe: {ModeKprobe, []hook{{prog: forkwatchProgKretPidsFork, kind: onKretprobe, at: []string{"pids_can_fork"}}}},
+	refusals := map[Mode][]plan{
+		ModeFentry: {{ModeFentry, []hook{{prog: forkwatchProgFexitPidsFork, kind: onFexit, at: []string{"pids_can_fork"}}}}},
+		ModeKprobe: {{ModeKprobe, []hook{{prog: forkwatchProgKretPidsFork, kind: onKretprobe, at: []string{"pids_can_fork"}}}}},
 	}
-	tasks := map[Mode]plan{
-		ModeTracepoint: {ModeTracepoint, []hook{
-			{prog: forkwatchProgRawTpFork, kind: onRawTracepoint, at: []string{"sched_process_fork"}},
-			{prog: forkwatchProgRawTpExit, kind: onRawTracepoint, at: []string{"sched_process_exit"}},
-		}},
-		ModeKprobe: {ModeKprobe, []hook{
+	// The task counters run on every creation and exit on the node: BTF
+	// tracepoints (5.5+) read the task directly, raw ones through helpers.
+	tasks := map[Mode][]plan{
+		ModeTracepoint: {
+			{ModeTracepoint, []hook{
+				{prog: forkwatchProgBtfTpFork, kind: onBTFTracepoint, at: []string{"sched_process_fork"}},
+				{prog: forkwatchProgBtfTpExit, kind: onBTFTracepoint, at: []string{"sched_process_exit"}},
+			}},
+			{ModeTracepoint, []hook{
+				{prog: forkwatchProgRawTpFork, kind: onRawTracepoint, at: []string{"sched_process_fork"}},
+				{prog: forkwatchProgRawTpExit, kind: onRawTracepoint, at: []string{"sched_process_exit"}},
+			}},
+		},
+		ModeKprobe: {{ModeKprobe, []hook{
 			{prog: kpNewTask, kind: onKprobe, at: []string{"wake_up_new_task"}},
 			{prog: tpExit, kind: onTracepoint, at: []string{"sched", "sched_process_exit"}},
-		}},
+		}}},
 	}
 
 	order := map[Mode][3][]Mode{ // failures, refusals, tasks
@@ -144,10 +155,10 @@ func jobs(mode Mode, perf, rh7 bool) ([]job, error) {
 		}
 		order = [3][]Mode{{ModeKprobe}, {ModeKprobe}, {ModeKprobe}}
 	}
-	pick := func(from map[Mode]plan, modes []Mode) []plan {
+	pick := func(from map[Mode][]plan, modes []Mode) []plan {
 		var out []plan
 		for _, m := range modes {
-			out = append(out, from[m])
+			out = append(out, from[m]...)
 		}
 		return out
 	}
@@ -283,7 +294,7 @@ func attach(h hook, prog *ebpf.Program) (link.Link, string, error) {
 	case onRawTracepoint:
 		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: h.at[0], Program: prog})
 		return l, h.describe(""), err
-	case onFexit:
+	case onFexit, onBTFTracepoint:
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
 		return l, h.describe(""), err
 	}
