@@ -51,7 +51,6 @@ const volatile bool perf_output = false;
 
 #define EAGAIN 11
 #define ENOMEM 12
-#define ENOSPC 28
 #define ERESTARTSYS 512
 #define ERESTART_RESTARTBLOCK 516
 #define MAX_ERRNO 4095
@@ -103,9 +102,8 @@ struct {
 	__type(value, struct event);
 } event_scratch SEC(".maps");
 
-/* Records the kernel could not hand over: ring-buffer reservations that
- * failed. A full perf buffer is counted by perf itself and reaches userspace
- * as lost samples. */
+/* Records the kernel could not hand over: ring-buffer reservations and perf
+ * outputs that failed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -799,9 +797,10 @@ static __always_inline void submit_event(void *ctx, struct event *e, int v)
 		return;
 	}
 	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, e, sizeof(*e));
-	/* A full buffer is counted by perf and read back as lost samples;
-	 * any other failure is counted here. */
-	if (err && err != -ENOSPC)
+	/* Counted here, a full buffer (-ENOSPC) included: perf's own count of
+	 * lost samples reaches userspace only with the next record written to
+	 * that CPU's buffer, which may never come. */
+	if (err)
 		count_lost();
 }
 

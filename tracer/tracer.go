@@ -90,7 +90,6 @@ type Tracer struct {
 	ring      *ringbuf.Reader
 	perf      *perf.Reader
 	perfRec   perf.Record
-	perfLost  atomic.Uint64
 	mode      Mode
 	attached  []Attachment
 	fallbacks []Fallback
@@ -446,7 +445,7 @@ func (t *Tracer) ReadRecord(rec *ringbuf.Record) error {
 			return err
 		}
 		if t.perfRec.LostSamples > 0 {
-			t.perfLost.Add(t.perfRec.LostSamples)
+			// The programs counted these in events_lost already.
 			continue
 		}
 		rec.RawSample = t.perfRec.RawSample
@@ -473,15 +472,15 @@ func (t *Tracer) Untail(cgroupID uint64) error {
 }
 
 // EventsLost is the number of records the kernel could not hand over since
-// load: ring-buffer reservations that failed, perf samples lost to a full
-// buffer, and (kprobe mode, 6.7+ kernels) fork-path returns the kretprobe
+// load: ring-buffer reservations and perf outputs that failed (a full
+// buffer), and (kprobe mode, 6.7+ kernels) fork-path returns the kretprobe
 // missed, each of which may have been a failure.
 func (t *Tracer) EventsLost() (uint64, error) {
 	var perCPU []uint64
 	if err := t.maps.EventsLost.Lookup(uint32(0), &perCPU); err != nil {
 		return 0, fmt.Errorf("reading lost-event counters: %w", err)
 	}
-	sum := t.perfLost.Load()
+	var sum uint64
 	for _, n := range perCPU {
 		sum += n
 	}
