@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -30,17 +31,28 @@ func rssKiB(t *testing.T, pid int) int {
 	return 0
 }
 
-func seriesCount(t *testing.T, addr string) int {
+// seriesCount counts the series of forkwatch's /metrics that are about the
+// cgroups, pods and containers mine says are the test's own: whatever else
+// runs on the machine meanwhile does not count.
+func seriesCount(t *testing.T, addr string, mine func(label string) bool) int {
 	t.Helper()
 	_, body := httpGet(t, "http://"+addr+"/metrics")
 	n := 0
 	for _, l := range strings.Split(body, "\n") {
-		if strings.HasPrefix(l, "forkwatch_") {
-			n++
+		if !strings.HasPrefix(l, "forkwatch_") {
+			continue
+		}
+		for _, m := range labelValue.FindAllStringSubmatch(l, -1) {
+			if mine(m[1]) {
+				n++
+				break
+			}
 		}
 	}
 	return n
 }
+
+var labelValue = regexp.MustCompile(`="([^"]*)"`)
 
 // Pod churn: 1000 pod cgroups come and go, each with short-lived tasks,
 // while forkwatch runs and is scraped. Its series, memory and maps follow
@@ -55,9 +67,13 @@ func TestCgroupChurn(t *testing.T) {
 	fw := startForkwatch(t, "-o", "json", "--metrics-addr", addr)
 	pid := fw.cmd.Process.Pid
 
+	ids := map[string]bool{} // the pods' UIDs and containers' short IDs
+	mine := func(v string) bool { return ids[v] || strings.Contains(v, tr.base) }
 	churn := func(n int) {
 		for i := 0; i < n; i++ {
-			cg := tr.base + "/kubepods/besteffort/pod" + newPodUID() + "/" + randomHex(32)
+			uid, ctr := newPodUID(), randomHex(32)
+			ids[uid], ids[ctr[:12]] = true, true
+			cg := tr.base + "/kubepods/besteffort/pod" + uid + "/" + ctr
 			tr.mkdir(cg)
 			out, err := exec.Command(stormBin, "churn", "--kind", "process", "--duration", "2ms", "--cgroup", filepath.Join(tr.root, cg)).CombinedOutput()
 			if err != nil {
@@ -69,14 +85,14 @@ func TestCgroupChurn(t *testing.T) {
 				}
 			}
 			if i%50 == 0 {
-				seriesCount(t, addr) // the collector resolves what it sees
+				seriesCount(t, addr, mine) // the collector resolves what it sees
 			}
 		}
 	}
 	churn(100) // warm up: caches, maps, the Go heap
-	baseSeries, baseRSS := seriesCount(t, addr), rssKiB(t, pid)
+	baseSeries, baseRSS := seriesCount(t, addr, mine), rssKiB(t, pid)
 	churn(1000)
-	series, rss := seriesCount(t, addr), rssKiB(t, pid)
+	series, rss := seriesCount(t, addr, mine), rssKiB(t, pid)
 	t.Logf("after 1000 pods came and went: %d series (was %d), RSS %d KiB (was %d)", series, baseSeries, rss, baseRSS)
 	if series > baseSeries+20 {
 		t.Errorf("series grew from %d to %d with pod churn", baseSeries, series)
