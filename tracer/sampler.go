@@ -57,7 +57,21 @@ type Sampler struct {
 	growth map[string]*[growthWindow]int64
 	seen   map[string]int
 	whos   map[string]PodStats
+	// each pod cgroup's pids files as last read: reused while the pod
+	// creates and ends nothing (its count cannot have moved but by a task
+	// moved in or out, or a new pids.max), re-read at least every podReread.
+	pods map[string]podPids
 }
+
+type podPids struct {
+	pids   limits.Pids
+	err    error
+	counts rates.Counts
+	read   time.Time
+}
+
+// podReread bounds how stale an idle pod's pids.current and pids.max may be.
+const podReread = 10 * time.Second
 
 const growthWindow = 11 // samples: 10 s of growth
 
@@ -68,6 +82,7 @@ func NewSampler(t *Tracer, root CgroupRoot, paths *CgroupPaths, attr *Attributor
 		tracer: t, root: root, paths: paths, attr: attr,
 		tracker: rates.NewTracker(cfg), procfs: "/proc",
 		growth: map[string]*[growthWindow]int64{}, seen: map[string]int{},
+		pods: map[string]podPids{},
 	}
 }
 
@@ -123,10 +138,25 @@ func (s *Sampler) Sample(now time.Time) (Snapshot, error) {
 	forecasted := map[string]bool{}
 	samples := make(map[string]rates.Sample, len(groups))
 	whos := make(map[string]PodStats, len(groups))
+	reader := &limits.Reader{Root: s.root.Path}
+	pods := make(map[string]podPids, len(s.pods))
+	for _, g := range groups {
+		if g.who.Pod == nil {
+			continue
+		}
+		last, ok := s.pods[g.cgroup]
+		if !ok || last.counts != g.counts || now.Sub(last.read) >= podReread {
+			last.pids, last.err = reader.Read(g.cgroup)
+			last.counts, last.read = g.counts, now
+		}
+		reader.Set(g.cgroup, last.pids, last.err)
+		pods[g.cgroup] = last
+	}
+	s.pods = pods
 	for key, g := range groups {
 		sample := rates.Sample{Counts: g.counts, Tasks: -1, Limit: nodeHeadroom}
 		if g.who.Pod != nil {
-			chain, _ := limits.Ancestors(s.root.Path, g.cgroup)
+			chain, _ := reader.Ancestors(g.cgroup)
 			if len(chain) > 0 {
 				sample.Tasks = chain[0].Current
 			}

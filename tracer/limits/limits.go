@@ -28,6 +28,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // Node is the node-wide picture.
@@ -119,7 +121,7 @@ func ReadPids(root, rel string) (Pids, error) {
 		return Pids{}, err
 	}
 	maxFile := filepath.Join(dir, "pids.max")
-	b, err := os.ReadFile(maxFile)
+	b, err := readSmall(maxFile)
 	switch {
 	case err == nil:
 		if p.Max, err = parseMax(b); err != nil {
@@ -140,10 +142,48 @@ func ReadPids(root, rel string) (Pids, error) {
 // walks from the task's cgroup up to (not including) the root and refuses
 // at the first cgroup whose count would exceed its pids.max.
 func Ancestors(root, rel string) ([]Pids, error) {
+	return (&Reader{Root: root}).Ancestors(rel)
+}
+
+// Reader reads the pids files of the cgroups of one hierarchy, each cgroup
+// at most once: a sampler naming 500 pods reads /kubepods once, not 500
+// times. Set hands it a value read earlier. The zero value with Root set is
+// ready; it is not safe for concurrent use.
+type Reader struct {
+	Root string
+	memo map[string]readResult
+}
+
+type readResult struct {
+	p   Pids
+	err error
+}
+
+// Read is ReadPids(r.Root, rel), remembered.
+func (r *Reader) Read(rel string) (Pids, error) {
+	rel = cleanRel(rel)
+	if res, ok := r.memo[rel]; ok {
+		return res.p, res.err
+	}
+	p, err := ReadPids(r.Root, rel)
+	r.Set(rel, p, err)
+	return p, err
+}
+
+// Set makes Read return p and err for rel without reading.
+func (r *Reader) Set(rel string, p Pids, err error) {
+	if r.memo == nil {
+		r.memo = map[string]readResult{}
+	}
+	r.memo[cleanRel(rel)] = readResult{p, err}
+}
+
+// Ancestors is the package's Ancestors through r.
+func (r *Reader) Ancestors(rel string) ([]Pids, error) {
 	rel = cleanRel(rel)
 	var out []Pids
 	for p := rel; p != "/"; p = path.Dir(p) {
-		ps, err := ReadPids(root, p)
+		ps, err := r.Read(p)
 		if errors.Is(err, ErrNoPidsFiles) {
 			continue
 		}
@@ -257,7 +297,7 @@ func parseMax(b []byte) (int64, error) {
 }
 
 func readInt(file string) (int64, error) {
-	b, err := os.ReadFile(file)
+	b, err := readSmall(file)
 	if err != nil {
 		return 0, err
 	}
@@ -266,4 +306,21 @@ func readInt(file string) (int64, error) {
 		return 0, fmt.Errorf("%s: want a number, got %q", file, bytes.TrimSpace(b))
 	}
 	return n, nil
+}
+
+// readSmall reads a cgroup control file of a line: open, one read, close,
+// without os.File's registration with the poller (cgroup files are read
+// for every pod every second).
+func readSmall(file string) ([]byte, error) {
+	fd, err := unix.Open(file, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: file, Err: err}
+	}
+	defer unix.Close(fd)
+	var buf [64]byte
+	n, err := unix.Read(fd, buf[:])
+	if err != nil {
+		return nil, &fs.PathError{Op: "read", Path: file, Err: err}
+	}
+	return buf[:n], nil
 }

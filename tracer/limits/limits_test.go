@@ -450,3 +450,34 @@ func TestRealCgroup(t *testing.T) {
 		t.Fatalf("Tree(2) went to depth 3: %+v", tree)
 	}
 }
+
+// A Reader reads a shared ancestor once for all the pods below it, and
+// takes values the caller already has: what it returns is what it read or
+// was given, not the files' later state.
+func TestReaderRemembers(t *testing.T) {
+	root := fakeV1(t)
+	pod := "/kubepods/burstable/pod22612ffb-4523-4958-b6dd-a80bd35fd325"
+	r := &Reader{Root: root}
+	if _, err := r.Ancestors(pod); err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, root, map[string]string{"kubepods/pids.current": "1\n", "kubepods/burstable/pids.current": "2\n"})
+	r.Set("/kubepods/burstable", Pids{Path: "/kubepods/burstable", Current: 7, Max: 10}, nil)
+	got, err := r.Ancestors(pod + "/8e8c5f5293")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Pids{
+		{pod + "/8e8c5f5293", 29999, -1},
+		{pod, 30000, -1},
+		{"/kubepods/burstable", 7, 10},
+		{"/kubepods", 49152, 49152},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Ancestors =\n%+v\nwant\n%+v", got, want)
+	}
+	// A new Reader reads the files as they are now.
+	if got, _ := (&Reader{Root: root}).Read("/kubepods"); got.Current != 1 {
+		t.Fatalf("a new Reader read /kubepods at %d, want 1", got.Current)
+	}
+}
