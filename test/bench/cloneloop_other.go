@@ -1,0 +1,7 @@
+//go:build !amd64
+
+package main
+
+const haveCloneLoop = false
+
+func cloneLoop(flags uintptr, n int) (failed, created int) { panic("cloneLoop: amd64 only") }
