@@ -48,6 +48,12 @@ const volatile bool tail_enabled = false;
 /* Set by userspace when events is a perf event array rather than a ring
  * buffer; the verifier drops the other output's code. */
 const volatile bool perf_output = false;
+/* Where the pids controller lives, from /proc/cgroups: PIDS_V1 (its own v1
+ * hierarchy: count there), PIDS_DFL (the default hierarchy), or 0 (unknown:
+ * compare the roots per task). Spares the counters two loads per task. */
+#define PIDS_V1 1
+#define PIDS_DFL 2
+const volatile __u8 pids_hierarchy = 0;
 
 #define EAGAIN 11
 #define ENOMEM 12
@@ -117,6 +123,19 @@ struct {
 	__type(key, __u64); /* cgroup id, see task_cgroup() */
 	__type(value, struct task_counts);
 } counts_by_cgroup SEC(".maps");
+
+/* In front of counts_by_cgroup, for the BTF-enabled counters: per CPU, a
+ * direct-mapped cache of the cgroups tasks were created and exited in lately,
+ * keyed by the css's serial number (unique for the boot). A hit is a few
+ * loads from this CPU's memory where the hash costs a lookup; a slot taken by
+ * another cgroup moves its counts into counts_by_cgroup and counts an
+ * eviction, which userspace watches to read cache and hash consistently. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct count_cache);
+} count_slots SEC(".maps");
 
 /* Processes whose forks failed lately, by PID: when one exits, forkwatch
  * reports it as the crash the on-call is looking at. Bounded by LRU: a node
@@ -1076,6 +1095,58 @@ static __always_inline struct task_counts *counts_for(u64 cgid)
 	return bpf_map_lookup_elem(&counts_by_cgroup, &cgid);
 }
 
+/* A slot's counts join its cgroup's in counts_by_cgroup (this CPU's value). */
+static __always_inline void flush_slot(struct count_cache *cc, struct count_slot *s)
+{
+	struct task_counts *c;
+
+	if (!s->cgroup_id)
+		return;
+	c = counts_for(s->cgroup_id);
+	if (c) {
+		c->threads_created += s->c.threads_created;
+		c->processes_created += s->c.processes_created;
+		c->threads_exited += s->c.threads_exited;
+		c->processes_exited += s->c.processes_exited;
+	}
+	cc->evictions++;
+}
+
+/* The counts of the cgroup whose css is css, from this CPU's slot cache. A
+ * css's serial number is unique for the boot, so it names the cgroup without
+ * a further load (and a freed css's reused memory is a different cgroup). A
+ * hit costs nothing more; a miss moves the slot's previous cgroup into
+ * counts_by_cgroup and reads the cgroup's id. */
+static __always_inline struct task_counts *cached_counts(struct cgroup_subsys_state *css,
+							 u64 *cgid)
+{
+	u64 serial = css->serial_nr;
+	struct count_cache *cc;
+	struct count_slot *s;
+	u32 zero = 0;
+
+	cc = bpf_map_lookup_elem(&count_slots, &zero);
+	if (!cc) {
+		*cgid = css->cgroup->kn->id;
+		return counts_for(*cgid);
+	}
+	/* Fibonacci hashing: serial numbers are consecutive. */
+	s = &cc->slot[((serial * 0x9E3779B97F4A7C15ULL) >> 56) & (COUNT_SLOTS - 1)];
+	if (s->cgroup_id && s->serial == serial) {
+		*cgid = s->cgroup_id;
+		return &s->c;
+	}
+	flush_slot(cc, s);
+	*cgid = css->cgroup->kn->id;
+	s->serial = serial;
+	s->cgroup_id = *cgid;
+	s->c.threads_created = 0;
+	s->c.processes_created = 0;
+	s->c.threads_exited = 0;
+	s->c.processes_exited = 0;
+	return &s->c;
+}
+
 /* Whether cg or one of its ancestors is tailed. */
 static __always_inline bool tailed(struct cgroup *cg, int v)
 {
@@ -1093,23 +1164,26 @@ static __always_inline bool tailed(struct cgroup *cg, int v)
 	return false;
 }
 
-/* task_cgroup() and cgroup_id() by direct loads, for BTF-enabled programs
- * (5.5+: kernfs ids, a default hierarchy). Every creation and exit on the
- * node runs this: a helper call per field would cost more than the rest. */
-static __always_inline struct cgroup *task_cgroup_btf(struct task_struct *task, u64 *id)
+/* The css that counts a task, by direct loads, for BTF-enabled programs
+ * (5.5+: kernfs ids, a default hierarchy): its pids css where the pids
+ * controller has a v1 hierarchy, else its default-hierarchy cgroup's. Every
+ * creation and exit on the node runs this: a helper call per field, or a load
+ * more than needed, would cost more than the rest. */
+static __always_inline struct cgroup_subsys_state *task_css_btf(struct task_struct *task)
 {
 	struct css_set *cset = task->cgroups;
-	struct cgroup *cg = cset->dfl_cgrp;
+	struct cgroup *dfl = cset->dfl_cgrp;
 	int ss = pids_subsys_id();
+	struct cgroup_subsys_state *css;
 
-	if (ss >= 0) {
-		struct cgroup_subsys_state *css = cset->subsys[ss & 63];
-
-		if (css && css->cgroup->root != cg->root)
-			cg = css->cgroup;
-	}
-	*id = cg->kn->id;
-	return cg;
+	if (ss < 0 || pids_hierarchy == PIDS_DFL)
+		return &dfl->self;
+	css = cset->subsys[ss & 63];
+	if (!css)
+		return &dfl->self;
+	if (pids_hierarchy == PIDS_V1 || css->cgroup->root != dfl->root)
+		return css;
+	return &dfl->self;
 }
 
 /* child exists and has been attached to its cgroup (also with
@@ -1117,20 +1191,22 @@ static __always_inline struct cgroup *task_cgroup_btf(struct task_struct *task, 
 static __always_inline int on_task_created(void *ctx, struct task_struct *parent,
 					   struct task_struct *child, int v)
 {
+	struct cgroup_subsys_state *css = NULL;
 	struct task_counts *c;
 	struct cgroup *cg;
 	bool thread;
 	u64 cgid;
 
 	if (v & V_BTF) {
-		cg = task_cgroup_btf(child, &cgid);
+		css = task_css_btf(child);
+		c = cached_counts(css, &cgid);
 		thread = child->pid != child->tgid;
 	} else {
 		cg = task_cgroup(child, task_pids_css(child));
 		cgid = cgroup_id(cg, v);
 		thread = BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid);
+		c = counts_for(cgid);
 	}
-	c = counts_for(cgid);
 
 	if (c) {
 		if (thread)
@@ -1138,7 +1214,11 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
 		else
 			c->processes_created++;
 	}
-	if (tail_on(v) && tailed(cg, v)) {
+	if (!tail_on(v))
+		return 0;
+	if (v & V_BTF)
+		cg = css->cgroup;
+	if (tailed(cg, v)) {
 		struct event *e = new_event(EVENT_TASK_CREATED, child, v);
 
 		if (!e)
@@ -1157,6 +1237,7 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
  * leader's exit counts as the process's. */
 static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int v)
 {
+	struct cgroup_subsys_state *css = NULL;
 	struct failed_proc *fp = NULL;
 	struct task_counts *c;
 	bool thread, group_dead;
@@ -1166,7 +1247,8 @@ static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int
 	u32 tgid;
 
 	if (v & V_BTF) {
-		cg = task_cgroup_btf(task, &cgid);
+		css = task_css_btf(task);
+		c = cached_counts(css, &cgid);
 		tgid = task->tgid;
 		thread = task->pid != tgid;
 		group_dead = task->signal->live.counter == 0;
@@ -1176,8 +1258,8 @@ static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int
 		tgid = BPF_CORE_READ(task, tgid);
 		thread = BPF_CORE_READ(task, pid) != tgid;
 		group_dead = BPF_CORE_READ(task, signal, live.counter) == 0;
+		c = counts_for(cgid);
 	}
-	c = counts_for(cgid);
 
 	if (c) {
 		if (thread)
@@ -1187,7 +1269,11 @@ static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int
 	}
 	if (group_dead)
 		fp = bpf_map_lookup_elem(&failed_procs, &tgid);
-	if (!fp && !(tail_on(v) && tailed(cg, v)))
+	if (!fp && !tail_on(v))
+		return 0;
+	if (v & V_BTF)
+		cg = css->cgroup;
+	if (!fp && !tailed(cg, v))
 		return 0;
 
 	e = new_event(EVENT_TASK_EXITED, task, v);
@@ -1227,16 +1313,41 @@ int BPF_PROG(raw_tp_exit, struct task_struct *task)
 }
 
 /* The same as BTF-enabled tracepoints (5.5+), preferred where they load. */
+/* Kernels whose tracing programs can be preempted (7.x) skip the run of a
+ * second task hitting the same program on a CPU while the first is
+ * preempted in it (counted as the program's recursion misses, shown as
+ * missed runs), and a preempted counter update could interleave with
+ * another program's on that CPU's slot cache. With preemption off from the
+ * first instruction, the window shrinks to the kernel's few instructions
+ * before the program. 6.10+ have the kfuncs; elsewhere the calls are dead
+ * code. */
+extern void bpf_preempt_disable(void) __weak __ksym;
+extern void bpf_preempt_enable(void) __weak __ksym;
+
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(btf_tp_fork, struct task_struct *parent, struct task_struct *child)
 {
-	return on_task_created(ctx, parent, child, V_BTF);
+	int ret;
+
+	if (bpf_preempt_disable)
+		bpf_preempt_disable();
+	ret = on_task_created(ctx, parent, child, V_BTF);
+	if (bpf_preempt_enable)
+		bpf_preempt_enable();
+	return ret;
 }
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(btf_tp_exit, struct task_struct *task)
 {
-	return on_task_exit(ctx, task, V_BTF);
+	int ret;
+
+	if (bpf_preempt_disable)
+		bpf_preempt_disable();
+	ret = on_task_exit(ctx, task, V_BTF);
+	if (bpf_preempt_enable)
+		bpf_preempt_enable();
+	return ret;
 }
 
 /* Kprobe mode (no raw tracepoints before 4.17): wake_up_new_task(child) is

@@ -82,6 +82,20 @@ struct task_counts {
 	__u64 processes_exited;
 };
 
+/* A cgroup's counts on one CPU, not yet in counts_by_cgroup: serial (its
+ * css's serial number) identifies it for the cache, cgroup_id for userspace. */
+struct count_slot {
+	__u64 serial;
+	__u64 cgroup_id;
+	struct task_counts c;
+};
+
+#define COUNT_SLOTS 256
+struct count_cache {
+	__u64 evictions;
+	struct count_slot slot[COUNT_SLOTS];
+};
+
 /* A process whose forks failed: if it exits soon after, it is a victim. */
 struct failed_proc {
 	__u64 last_failure_ns;

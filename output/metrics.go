@@ -29,6 +29,7 @@ const maxOwnerSeries = 1000
 type Source interface {
 	TaskCounts() (map[uint64]tracer.TaskCounts, error)
 	EventsLost() (uint64, error)
+	MissedRuns() map[string]uint64
 	Mode() tracer.Mode
 	Attached() []tracer.Attachment
 }
@@ -83,6 +84,7 @@ var (
 	descExhaustion  = prometheus.NewDesc("forkwatch_seconds_to_exhaustion", "Seconds until the limit runs out at its net growth over the last 10 s; present while it grows.", []string{"limit"}, nil)
 	descLeak        = prometheus.NewDesc("forkwatch_leak_suspect", "1 while a pod is flagged as spiking (leak, burst or headroom; see README).", []string{"namespace", "pod", "reason"}, nil)
 	descLost        = prometheus.NewDesc("forkwatch_events_lost_total", "Events the kernel could not hand over because the ring buffer was full.", nil, nil)
+	descMissedRuns  = prometheus.NewDesc("forkwatch_program_runs_missed_total", "Runs of a BPF program the kernel skipped because it was already running on that CPU (kernels 5.12+ count them): failures, creations or exits not seen.", []string{"program"}, nil)
 	descAttached    = prometheus.NewDesc("forkwatch_probe_attached", "1 for each BPF program attached, with its hook and the mode it belongs to.", []string{"program", "hook", "mode"}, nil)
 	descBuild       = prometheus.NewDesc("forkwatch_build_info", "forkwatch's version and Go version.", []string{"version", "goversion"}, nil)
 	descScrapeErr   = prometheus.NewDesc("forkwatch_scrape_errors_total", "Errors reading the kernel's maps or the cgroup files at scrape time.", nil, nil)
@@ -91,7 +93,7 @@ var (
 // Describe sends the descriptors of every metric.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFailures, descCreated, descExited, descRate, descPidsCurrent, descPidsMax,
-		descPidMax, descThreadsMax, descTasks, descExhaustion, descLeak, descLost, descAttached, descBuild, descScrapeErr} {
+		descPidMax, descThreadsMax, descTasks, descExhaustion, descLeak, descLost, descMissedRuns, descAttached, descBuild, descScrapeErr} {
 		ch <- d
 	}
 }
@@ -193,6 +195,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	if lost, err := m.src.EventsLost(); !fail(err) {
 		ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(lost))
+	}
+	for prog, n := range m.src.MissedRuns() {
+		ch <- prometheus.MustNewConstMetric(descMissedRuns, prometheus.CounterValue, float64(n), prog)
 	}
 	for _, a := range m.src.Attached() {
 		ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1, a.Program, a.Hook, string(a.Mode))

@@ -19,6 +19,17 @@ type forkwatchConfig struct {
 	Pad         [7]uint8
 }
 
+type forkwatchCountCache struct {
+	_         structs.HostLayout
+	Evictions uint64
+	Slot      [256]struct {
+		_        structs.HostLayout
+		Serial   uint64
+		CgroupId uint64
+		C        forkwatchTaskCounts
+	}
+}
+
 type forkwatchEvent struct {
 	_             structs.HostLayout
 	KtimeNs       uint64
@@ -125,6 +136,7 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	forkwatchMapConfigNow         = "config_now"
+	forkwatchMapCountSlots        = "count_slots"
 	forkwatchMapCountsByCgroup    = "counts_by_cgroup"
 	forkwatchMapEventScratch      = "event_scratch"
 	forkwatchMapEvents            = "events"
@@ -154,6 +166,7 @@ const (
 	forkwatchProgTpPexitRh7       = "tp_pexit_rh7"
 	forkwatchProgTpPexitRing      = "tp_pexit_ring"
 	forkwatchVarPerfOutput        = "perf_output"
+	forkwatchVarPidsHierarchy     = "pids_hierarchy"
 	forkwatchVarTailEnabled       = "tail_enabled"
 	forkwatchVarUnusedEvent       = "unused_event"
 	forkwatchVarUnusedEventFlags  = "unused_event_flags"
@@ -232,6 +245,7 @@ type forkwatchProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type forkwatchMapSpecs struct {
 	ConfigNow      *ebpf.MapSpec `ebpf:"config_now"`
+	CountSlots     *ebpf.MapSpec `ebpf:"count_slots"`
 	CountsByCgroup *ebpf.MapSpec `ebpf:"counts_by_cgroup"`
 	EventScratch   *ebpf.MapSpec `ebpf:"event_scratch"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
@@ -247,6 +261,7 @@ type forkwatchMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type forkwatchVariableSpecs struct {
 	PerfOutput        *ebpf.VariableSpec `ebpf:"perf_output"`
+	PidsHierarchy     *ebpf.VariableSpec `ebpf:"pids_hierarchy"`
 	TailEnabled       *ebpf.VariableSpec `ebpf:"tail_enabled"`
 	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventFlags  *ebpf.VariableSpec `ebpf:"unused_event_flags"`
@@ -277,6 +292,7 @@ func (o *forkwatchObjects) Close() error {
 // It can be passed to loadForkwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type forkwatchMaps struct {
 	ConfigNow      *ebpf.Map `ebpf:"config_now"`
+	CountSlots     *ebpf.Map `ebpf:"count_slots"`
 	CountsByCgroup *ebpf.Map `ebpf:"counts_by_cgroup"`
 	EventScratch   *ebpf.Map `ebpf:"event_scratch"`
 	Events         *ebpf.Map `ebpf:"events"`
@@ -290,6 +306,7 @@ type forkwatchMaps struct {
 func (m *forkwatchMaps) Close() error {
 	return _ForkwatchClose(
 		m.ConfigNow,
+		m.CountSlots,
 		m.CountsByCgroup,
 		m.EventScratch,
 		m.Events,
@@ -306,6 +323,7 @@ func (m *forkwatchMaps) Close() error {
 // It can be passed to loadForkwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type forkwatchVariables struct {
 	PerfOutput        *ebpf.Variable `ebpf:"perf_output"`
+	PidsHierarchy     *ebpf.Variable `ebpf:"pids_hierarchy"`
 	TailEnabled       *ebpf.Variable `ebpf:"tail_enabled"`
 	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventFlags  *ebpf.Variable `ebpf:"unused_event_flags"`

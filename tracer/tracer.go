@@ -82,19 +82,24 @@ type Attachment struct {
 
 // Tracer owns the loaded BPF objects, their links and the record reader.
 type Tracer struct {
-	maps      forkwatchMaps
-	dataMaps  []*ebpf.Map // global variables (.rodata), when a program uses them
-	progs     []*ebpf.Program
-	links     []link.Link
-	forkRets  []link.Link // kretprobes on the fork path: their missed calls may hide failures
-	ring      *ringbuf.Reader
-	perf      *perf.Reader
-	perfRec   perf.Record
-	mode      Mode
-	attached  []Attachment
-	fallbacks []Fallback
+	maps     forkwatchMaps
+	dataMaps []*ebpf.Map // global variables (.rodata), when a program uses them
+	progs    []*ebpf.Program
+	// attachedProgs are the programs attached, by name, for their
+	// statistics.
+	attachedProgs []namedProg
+	links         []link.Link
+	forkRets      []link.Link // kretprobes on the fork path: their missed calls may hide failures
+	ring          *ringbuf.Reader
+	perf          *perf.Reader
+	perfRec       perf.Record
+	mode          Mode
+	attached      []Attachment
+	fallbacks     []Fallback
 
 	noMissedInfo atomic.Bool
+
+	counts countReader
 
 	stopOnce  sync.Once
 	closeOnce sync.Once
@@ -157,6 +162,9 @@ func New(opts Options) (t *Tracer, err error) {
 	}
 	if err := specs.TailEnabled.Set(opts.Tail); err != nil {
 		return nil, fmt.Errorf("configuring the tail: %w", err)
+	}
+	if err := specs.PidsHierarchy.Set(pidsHierarchy("/proc/cgroups")); err != nil {
+		return nil, fmt.Errorf("configuring the counters: %w", err)
 	}
 	if err := specs.PerfOutput.Set(usePerf); err != nil {
 		return nil, fmt.Errorf("configuring the output: %w", err)
@@ -222,7 +230,7 @@ func New(opts Options) (t *Tracer, err error) {
 func (t *Tracer) attachJob(l *loader, j job) (Mode, error) {
 	var refused []Fallback
 	for _, p := range j.plans {
-		attached, err := t.tryPlan(l, p)
+		attached, err := t.tryPlan(l, p, j.what)
 		if err == nil {
 			reasons := make([]string, len(refused))
 			for i, f := range refused {
@@ -245,11 +253,12 @@ func (t *Tracer) attachJob(l *loader, j job) (Mode, error) {
 }
 
 // tryPlan loads and attaches every program of p, or none.
-func (t *Tracer) tryPlan(l *loader, p plan) (_ []Attachment, err error) {
+func (t *Tracer) tryPlan(l *loader, p plan, job string) (_ []Attachment, err error) {
 	var (
 		progs           []*ebpf.Program
 		links, forkRets []link.Link
 		attached        []Attachment
+		named           []namedProg
 	)
 	defer func() {
 		if err != nil {
@@ -279,8 +288,10 @@ func (t *Tracer) tryPlan(l *loader, p plan) (_ []Attachment, err error) {
 			forkRets = append(forkRets, lk)
 		}
 		attached = append(attached, Attachment{Program: h.prog, Hook: where, Mode: p.mode})
+		named = append(named, namedProg{h.prog, job, prog})
 	}
 	t.progs = append(t.progs, progs...)
+	t.attachedProgs = append(t.attachedProgs, named...)
 	t.links = append(t.links, links...)
 	t.forkRets = append(t.forkRets, forkRets...)
 	return attached, nil
@@ -473,8 +484,9 @@ func (t *Tracer) Untail(cgroupID uint64) error {
 
 // EventsLost is the number of records the kernel could not hand over since
 // load: ring-buffer reservations and perf outputs that failed (a full
-// buffer), and (kprobe mode, 6.7+ kernels) fork-path returns the kretprobe
-// missed, each of which may have been a failure.
+// buffer), and, each of which may have been a failure, fork-path returns
+// the kretprobe missed (kprobe mode, 6.7+ kernels) and runs of the failure
+// programs the kernel skipped (MissedRuns).
 func (t *Tracer) EventsLost() (uint64, error) {
 	var perCPU []uint64
 	if err := t.maps.EventsLost.Lookup(uint32(0), &perCPU); err != nil {
@@ -484,7 +496,48 @@ func (t *Tracer) EventsLost() (uint64, error) {
 	for _, n := range perCPU {
 		sum += n
 	}
-	return sum + t.missedForkReturns(), nil
+	return sum + t.missedForkReturns() + t.missedFailureRuns(), nil
+}
+
+// missedFailureRuns sums the runs the kernel skipped of the programs that
+// report failures (see MissedRuns): each may have been a failure.
+func (t *Tracer) missedFailureRuns() uint64 {
+	var sum uint64
+	for _, p := range t.attachedProgs {
+		if p.job != jobFailures {
+			continue
+		}
+		if st, err := p.prog.Stats(); err == nil {
+			sum += st.RecursionMisses
+		}
+	}
+	return sum
+}
+
+type namedProg struct {
+	name, job string
+	prog      *ebpf.Program
+}
+
+// MissedRuns returns, per attached program, the runs the kernel skipped
+// because the program was already running on that CPU: kernels whose
+// tracing programs can be preempted (7.x) skip the run of a second task that
+// hits the same hook on that CPU meanwhile. Each skipped run is a failure,
+// creation or exit forkwatch did not see. Kernels before 5.12 do not count
+// them (nil).
+func (t *Tracer) MissedRuns() map[string]uint64 {
+	var out map[string]uint64
+	for _, p := range t.attachedProgs {
+		st, err := p.prog.Stats()
+		if err != nil {
+			return nil
+		}
+		if out == nil {
+			out = make(map[string]uint64, len(t.attachedProgs))
+		}
+		out[p.name] += st.RecursionMisses
+	}
+	return out
 }
 
 // missedForkReturns sums the calls the fork-path kretprobes missed, where the
@@ -507,37 +560,6 @@ func (t *Tracer) missedForkReturns() uint64 {
 		sum += kp.Missed
 	}
 	return sum
-}
-
-// TaskCounts are successful task creations and exits in one cgroup.
-type TaskCounts struct {
-	ThreadsCreated, ProcessesCreated uint64
-	ThreadsExited, ProcessesExited   uint64
-}
-
-// TaskCounts returns the counts of every cgroup the kernel has seen a task
-// created or exit in, by cgroup id.
-func (t *Tracer) TaskCounts() (map[uint64]TaskCounts, error) {
-	out := make(map[uint64]TaskCounts)
-	var (
-		key    uint64
-		perCPU []forkwatchTaskCounts
-	)
-	it := t.maps.CountsByCgroup.Iterate()
-	for it.Next(&key, &perCPU) {
-		var c TaskCounts
-		for _, p := range perCPU {
-			c.ThreadsCreated += p.ThreadsCreated
-			c.ProcessesCreated += p.ProcessesCreated
-			c.ThreadsExited += p.ThreadsExited
-			c.ProcessesExited += p.ProcessesExited
-		}
-		out[key] = c
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading task counters: %w", err)
-	}
-	return out, nil
 }
 
 // RefreshNodeLimits hands kernel.pid_max and kernel.threads-max to the BPF
