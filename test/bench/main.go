@@ -7,8 +7,12 @@
 // and reported as the median. Every cgroup and process it creates is removed
 // when it ends, also on Ctrl-C.
 //
+// Before each measurement it waits for the machine to be quiet (no other
+// tracer attached, no other load), and marks what it had to measure on a
+// busy machine.
+//
 // The bench runs copies of itself as load generators ("bench worker-fail",
-// "bench worker-churn"); see workers.go.
+// "bench worker-churn", "bench worker-touch"); see workers.go.
 package main
 
 import (
@@ -28,17 +32,17 @@ import (
 var (
 	forkwatchBin = flag.String("forkwatch", "bin/forkwatch", "the forkwatch binary to measure")
 	stormBin     = flag.String("storm", "bin/storm", "test/storm's binary")
-	pairs        = flag.Int("pairs", 5, "paired runs per comparison (and start-up runs)")
+	pairs        = flag.Int("pairs", 7, "paired runs per comparison (and start-up runs)")
 	stormTime    = flag.Duration("storm-time", 3*time.Second, "length of each thread/fork storm run")
-	failTime     = flag.Duration("fail-time", 2*time.Second, "length of each failure storm run")
+	failTime     = flag.Duration("fail-time", 5*time.Second, "length of each failure storm run")
 	failProcs    = flag.Int("fail-procs", 4, "processes retrying clone at the full cgroup")
 	cpuRate      = flag.Int("cpu-rate", 20000, "thread creations per second while forkwatch's CPU is measured")
-	cpuTime      = flag.Duration("cpu-time", 10*time.Second, "how long forkwatch's CPU is measured, idle and under load each")
+	cpuTime      = flag.Duration("cpu-time", 20*time.Second, "how long forkwatch's CPU is measured, idle and under load each")
 	rssMinutes   = flag.Float64("rss-minutes", 10, "how long forkwatch runs with 500 pod cgroups before its peak RSS is read")
 	rssCgroups   = flag.Int("rss-cgroups", 500, "pod cgroups existing while RSS is measured")
 	only         = flag.String("only", "", "run only these sections, comma-separated: storms,failures,cpu,start,rss")
 	kinds        = flag.String("kinds", "thread,process", "storms section: the storms to run")
-	tracersFlag  = flag.String("tracers", "forkwatch,pod,bpftrace", "storms section: the tracers to compare")
+	tracersFlag  = flag.String("tracers", "none,forkwatch,pod,bpftrace", "storms section: the tracers to compare, none being the A/A control (also bpftrace-syscalls, bpftrace-counts: forkwatch's two kinds of hooks, each done by bpftrace)")
 )
 
 func main() {
@@ -46,6 +50,13 @@ func main() {
 		os.Exit(worker(os.Args[1], os.Args[2:]))
 	}
 	flag.Parse()
+	defer func() {
+		// A bug in the bench still removes what it made.
+		if r := recover(); r != nil {
+			cleanup()
+			panic(r)
+		}
+	}()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	start := time.Now()
 	err := run(ctx)

@@ -149,9 +149,28 @@ type forkwatch struct {
 // /dev/null), and returns once every probe is attached: its --ready-file
 // exists.
 func startForkwatch(ctx context.Context, e *env, out io.Writer, args ...string) (*forkwatch, error) {
+	return startForkwatchWith(ctx, e, out, fwOpts{}, args...)
+}
+
+type fwOpts struct {
+	memcg string   // a memory cgroup to start it in, so that all it allocates is charged there
+	env   []string // added to its environment
+}
+
+func startForkwatchWith(ctx context.Context, e *env, out io.Writer, o fwOpts, args ...string) (*forkwatch, error) {
 	ready := filepath.Join(e.tmp, "ready-"+randHex(4))
 	args = append(args, "--pod-logs-dir", e.podLogs, "--ready-file", ready)
-	p := newProc(out, *forkwatchBin, args...) // nil out: os/exec gives it /dev/null
+	name := *forkwatchBin
+	if o.memcg != "" {
+		// The shell joins the cgroup and execs forkwatch: same PID, and
+		// nothing forkwatch allocates is charged elsewhere.
+		args = append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, o.memcg, name}, args...)
+		name = "/bin/sh"
+	}
+	p := newProc(out, name, args...) // nil out: os/exec gives it /dev/null
+	if len(o.env) > 0 {
+		p.cmd.Env = append(os.Environ(), o.env...)
+	}
 	t0 := time.Now()
 	if err := p.start(); err != nil {
 		return nil, err
@@ -229,33 +248,8 @@ func startBpftrace(ctx context.Context, program string) (*proc, error) {
 	}
 }
 
-// cpuNanos is the CPU time (user+sys) a process's live threads have used,
-// from /proc/<pid>/task/*/schedstat, in ns. forkwatch creates its threads at
-// start and keeps them, so this is the process's CPU time.
-func cpuNanos(pid int) (int64, error) {
-	dir := fmt.Sprintf("/proc/%d/task", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return 0, err
-	}
-	var sum int64
-	for _, t := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "schedstat"))
-		if err != nil {
-			continue // a thread that just exited
-		}
-		f := strings.Fields(string(b))
-		if len(f) == 0 {
-			continue
-		}
-		n, _ := strconv.ParseInt(f[0], 10, 64)
-		sum += n
-	}
-	return sum, nil
-}
-
-// cpuTicks is the process's user+sys from /proc/<pid>/stat, in ns (10 ms
-// resolution), dead threads included: a cross-check for cpuNanos.
+// cpuTicks is the process's user+sys from /proc/<pid>/stat, in ns: the
+// kernel's exact run time, printed in 10 ms clock ticks.
 func cpuTicks(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -286,54 +280,4 @@ func status(pid int, field string) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
-}
-
-// foreignTracers lists tracers running on the machine that the bench did
-// not start (another forkwatch, bpftrace, a test suite's): they attach to
-// the same hooks and would tax the "untraced" runs too.
-func foreignTracers() []string {
-	mine := map[int]bool{os.Getpid(): true}
-	cleanupMu.Lock()
-	for p := range children {
-		mine[p.pid()] = true
-	}
-	cleanupMu.Unlock()
-	ents, _ := os.ReadDir("/proc")
-	var found []string
-	for _, d := range ents {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil || mine[pid] {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "comm"))
-		if err != nil {
-			continue
-		}
-		switch comm := strings.TrimSpace(string(b)); comm {
-		case "forkwatch", "bpftrace", "e2e.test":
-			found = append(found, fmt.Sprintf("%s[%d]", comm, pid))
-		}
-	}
-	return found
-}
-
-// waitQuiet waits (up to limit) until no foreign tracer runs, and says whether
-// the machine was quiet in the end.
-func waitQuiet(ctx context.Context, limit time.Duration) bool {
-	deadline := time.Now().Add(limit)
-	said := false
-	for {
-		f := foreignTracers()
-		if len(f) == 0 {
-			return true
-		}
-		if !said {
-			progress("waiting for tracers the bench did not start to end: %s", strings.Join(f, " "))
-			said = true
-		}
-		if time.Now().After(deadline) || sleepCtx(ctx, time.Second) != nil {
-			progress("measuring anyway, with %s running", strings.Join(f, " "))
-			return false
-		}
-	}
 }
