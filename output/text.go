@@ -144,7 +144,7 @@ func exitText(ev *tracer.TaskEvent) string {
 
 // EventsLost writes a warning line at once.
 func (t *Text) EventsLost(at time.Time, delta, total uint64) error {
-	t.emit(fmt.Sprintf("%s  WARNING: %d events lost (ring buffer full; %d lost since start)",
+	t.emit(fmt.Sprintf("%s  WARNING: %d events lost (ring buffer full: raise --ring-buffer-size; or runs the kernel skipped); %d lost since start",
 		at.Format("15:04:05"), delta, total))
 	return t.w.Flush()
 }
