@@ -505,14 +505,11 @@ func (t *Tracer) EventsLost() (uint64, error) {
 // report failures (see MissedRuns): each may have been a failure.
 func (t *Tracer) missedFailureRuns() uint64 {
 	var sum uint64
-	for _, p := range t.attachedProgs {
-		if p.job != jobFailures {
-			continue
+	t.eachMissed(func(p namedProg, n uint64) {
+		if p.job == jobFailures {
+			sum += n
 		}
-		if st, err := p.prog.Stats(); err == nil {
-			sum += st.RecursionMisses
-		}
-	}
+	})
 	return sum
 }
 
@@ -529,17 +526,25 @@ type namedProg struct {
 // them (nil).
 func (t *Tracer) MissedRuns() map[string]uint64 {
 	var out map[string]uint64
-	for _, p := range t.attachedProgs {
-		st, err := p.prog.Stats()
-		if err != nil {
-			return nil
-		}
+	t.eachMissed(func(p namedProg, n uint64) {
 		if out == nil {
 			out = make(map[string]uint64, len(t.attachedProgs))
 		}
-		out[p.name] += st.RecursionMisses
-	}
+		out[p.name] += n
+	})
 	return out
+}
+
+// eachMissed calls f with each attached program's skipped runs, or not at
+// all where the kernel has no program statistics.
+func (t *Tracer) eachMissed(f func(p namedProg, missed uint64)) {
+	for _, p := range t.attachedProgs {
+		st, err := p.prog.Stats()
+		if err != nil {
+			return
+		}
+		f(p, st.RecursionMisses)
+	}
 }
 
 // missedForkReturns sums the calls the fork-path kretprobes missed, where the

@@ -34,11 +34,7 @@ func containerCounts(t *testing.T, addr string) (created, exited map[string]floa
 		if m == nil {
 			continue
 		}
-		v, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
-		if err != nil {
-			t.Fatalf("bad sample line %q", l)
-		}
-		into[m[1]] += v
+		into[m[1]] += sampleValue(t, l)
 	}
 	return created, exited
 }
@@ -152,12 +148,18 @@ func missedRuns(t *testing.T, addr string) float64 {
 	var sum float64
 	for _, l := range strings.Split(body, "\n") {
 		if strings.HasPrefix(l, "forkwatch_program_runs_missed_total{") {
-			v, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
-			if err != nil {
-				t.Fatalf("bad sample line %q", l)
-			}
-			sum += v
+			sum += sampleValue(t, l)
 		}
 	}
 	return sum
+}
+
+// sampleValue is the value of an exposition line ("name{labels} value").
+func sampleValue(t *testing.T, line string) float64 {
+	t.Helper()
+	v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+	if err != nil {
+		t.Fatalf("bad sample line %q", line)
+	}
+	return v
 }
