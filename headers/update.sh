@@ -24,6 +24,9 @@ dpkg -x "$tmp"/libbpf-dev_*.deb "$tmp/root"
 for h in bpf_helpers.h bpf_helper_defs.h bpf_core_read.h bpf_tracing.h bpf_endian.h; do
 	install -m 0644 "$tmp/root/usr/include/bpf/$h" "$here/$h"
 done
+# They include each other as <bpf/...>, from libbpf-dev's place in
+# /usr/include; here they sit side by side.
+sed -i 's|#include <bpf/\(.*\)>|#include "\1"|' "$here"/bpf_*.h
 
 bpftool btf dump file "$BTF" format c >"$here/vmlinux_x86.h"
 echo "headers refreshed: libbpf ${LIBBPF_DEB_VERSION}, vmlinux from ${BTF}"
