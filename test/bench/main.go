@@ -41,7 +41,8 @@ var (
 	rssMinutes   = flag.Float64("rss-minutes", 10, "how long forkwatch runs with 500 pod cgroups before its peak RSS is read")
 	rssCgroups   = flag.Int("rss-cgroups", 500, "pod cgroups existing while RSS is measured")
 	only         = flag.String("only", "", "run only these sections, comma-separated: storms,failures,cpu,start,rss")
-	kinds        = flag.String("kinds", "thread,process", "storms section: the storms to run")
+	kinds        = flag.String("kinds", "thread,process,syscall", "storms section: the storms to run (syscall: a getppid loop, what a tracer adds to every syscall)")
+	mode         = flag.String("mode", "", "forkwatch's --mode (default: its own, auto)")
 	tracersFlag  = flag.String("tracers", "none,forkwatch,pod,bpftrace", "storms section: the tracers to compare, none being the A/A control (also bpftrace-syscalls, bpftrace-counts: forkwatch's two kinds of hooks, each done by bpftrace)")
 )
 

@@ -160,6 +160,9 @@ type fwOpts struct {
 func startForkwatchWith(ctx context.Context, e *env, out io.Writer, o fwOpts, args ...string) (*forkwatch, error) {
 	ready := filepath.Join(e.tmp, "ready-"+randHex(4))
 	args = append(args, "--pod-logs-dir", e.podLogs, "--ready-file", ready)
+	if *mode != "" {
+		args = append(args, "--mode", *mode)
+	}
 	name := *forkwatchBin
 	if o.memcg != "" {
 		// The shell joins the cgroup and execs forkwatch: same PID, and
@@ -280,4 +283,12 @@ func status(pid int, field string) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+}
+
+// modeNote names the mode forced with -mode, for the table.
+func modeNote() string {
+	if *mode == "" {
+		return ""
+	}
+	return ", --mode " + *mode
 }

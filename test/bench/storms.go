@@ -62,8 +62,8 @@ func storms(ctx context.Context, e *env, t *table) error {
 		{"none", "no tracer (A/A control: the method's noise)", func(ctx context.Context) (*proc, func() error, error) {
 			return nil, func() error { return nil }, nil
 		}},
-		{"forkwatch", "forkwatch", fwTracer("-o", "json")},
-		{"pod", "forkwatch --pod (tailing the storming pod)", fwTracer("-o", "json", "--pod", "storm-0", "-n", "bench")},
+		{"forkwatch", "forkwatch" + modeNote(), fwTracer("-o", "json")},
+		{"pod", "forkwatch --pod (tailing the storming pod)" + modeNote(), fwTracer("-o", "json", "--pod", "storm-0", "-n", "bench")},
 	}
 	bt := func(program string) func(context.Context) (*proc, func() error, error) {
 		return func(ctx context.Context) (*proc, func() error, error) {
@@ -86,13 +86,16 @@ func storms(ctx context.Context, e *env, t *table) error {
 	} else if inList(*tracersFlag, "bpftrace") {
 		t.add("bpftrace one-liner", "bpftrace not installed (apt-get install bpftrace)", "", "")
 	}
-	for _, kind := range []string{"thread", "process"} {
+	for _, kind := range []string{"thread", "process", "syscall"} {
 		if !inList(*kinds, kind) {
 			continue
 		}
 		for _, tr := range tracers {
 			if !inList(*tracersFlag, tr.flag) {
 				continue
+			}
+			if kind == "syscall" && tr.flag != "none" && tr.flag != "forkwatch" && tr.flag != "bpftrace-syscalls" {
+				continue // the others add nothing to a syscall that forks nothing
 			}
 			progress("%s storm, %s: %d pairs of %s runs", kind, tr.name, *pairs, *stormTime)
 			r, err := paired(ctx, tr, func(tracer *proc) (stormRun, error) { return storm(ctx, e, kind, ctr, tracer) })
@@ -102,6 +105,13 @@ func storms(ctx context.Context, e *env, t *table) error {
 			target, v := "", ""
 			if kind == "thread" && tr.flag == "forkwatch" {
 				target, v = "≥ 0.98×", verdict(r.ratio >= 0.98)
+			}
+			if kind == "syscall" {
+				t.add("syscall loop (getppid), "+tr.name,
+					fmt.Sprintf("%.3f×: %+.0f ns on every syscall (%.0f ns vs %.0f ns untraced; pairs %s)%s",
+						r.ratio, 1e9/r.traced-1e9/r.plain, 1e9/r.traced, 1e9/r.plain, r.spread(), r.noise()),
+					"", "")
+				continue
 			}
 			t.add(fmt.Sprintf("%s storm, %s", kind, tr.name),
 				fmt.Sprintf("%.3f× (%.0f/s vs %.0f/s untraced; pairs %s)%s", r.ratio, r.traced, r.plain, r.spread(), r.noise()),
@@ -235,8 +245,11 @@ func paired(ctx context.Context, tr tracerUnderTest, measure func(tracer *proc) 
 func storm(ctx context.Context, e *env, kind, cgroup string, tracer *proc) (stormRun, error) {
 	var r stormRun
 	var out bytes.Buffer
-	p := newProc(&out, "taskset", "-c", strconv.Itoa(e.stormCPU), *stormBin, "churn", "--kind", kind,
-		"--duration", stormTime.String(), "--cgroup", cgroup)
+	args := []string{"-c", strconv.Itoa(e.stormCPU), *stormBin, "churn", "--kind", kind, "--duration", stormTime.String(), "--cgroup", cgroup}
+	if kind == "syscall" {
+		args = []string{"-c", strconv.Itoa(e.stormCPU), *stormBin, "syscalls", "--duration", stormTime.String()}
+	}
+	p := newProc(&out, "taskset", args...)
 	busy0, _ := machineCPU()
 	var tr0 int64
 	if tracer != nil {
@@ -257,11 +270,11 @@ func storm(ctx context.Context, e *env, kind, cgroup string, tracer *proc) (stor
 	}
 	own := p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime()
 	r.outside = (float64(busy1-busy0) - float64(own) - float64(tr1-tr0)) / float64(wall)
-	var s struct{ Created int }
+	var s struct{ Created, Syscalls int }
 	if err := json.Unmarshal(out.Bytes(), &s); err != nil {
-		return r, fmt.Errorf("storm churn printed %q: %w", out.String(), err)
+		return r, fmt.Errorf("%s printed %q: %w", strings.Join(args[2:4], " "), out.String(), err)
 	}
-	r.rate = float64(s.Created) / stormTime.Seconds()
+	r.rate = float64(s.Created+s.Syscalls) / stormTime.Seconds()
 	return r, nil
 }
 

@@ -21,6 +21,10 @@
 //	storm churn --duration D [--kind thread|process] [--cgroup DIR]
 //	    Creates and ends threads (or forks and reaps processes) as fast as one
 //	    core allows; prints the count.
+//	storm syscalls --duration D
+//	    Makes the cheapest system call (getppid) in a loop on one thread;
+//	    prints the count. What a tracer adds to every syscall of every task
+//	    shows here undiluted.
 package main
 
 import (
@@ -58,6 +62,8 @@ func main() {
 		err = churn(os.Args[2:])
 	case "leak":
 		err = leak(os.Args[2:])
+	case "syscalls":
+		err = syscalls(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -442,5 +448,22 @@ func churn(args []string) error {
 		return fmt.Errorf("unknown --kind %q", *kind)
 	}
 	fmt.Printf("{\"pid\":%d,\"created\":%d}\n", os.Getpid(), n)
+	return nil
+}
+
+func syscalls(args []string) error {
+	fs := flag.NewFlagSet("syscalls", flag.ExitOnError)
+	d := fs.Duration("duration", 2*time.Second, "how long")
+	_ = fs.Parse(args)
+	runtime.LockOSThread()
+	deadline := time.Now().Add(*d)
+	n := 0
+	for time.Now().Before(deadline) {
+		for i := 0; i < 10000; i++ {
+			syscall.RawSyscall(syscall.SYS_GETPPID, 0, 0, 0)
+		}
+		n += 10000
+	}
+	fmt.Printf("{\"pid\":%d,\"syscalls\":%d}\n", os.Getpid(), n)
 	return nil
 }
