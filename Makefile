@@ -70,7 +70,7 @@ test-vm: ## end-to-end tests in qemu on Debian's 5.10, 6.1, 6.12 and newest kern
 	FORKWATCH_VM_MODES="fentry tracepoint kprobe" $(VM_RUN)
 	FORKWATCH_VM_MODES="kprobe+perf" FORKWATCH_VM_CGROUPS=v2 $(VM_RUN)
 
-bench: ## measure overhead, failure throughput, CPU, RSS and start time here (root; by hand, ~35 min; BENCH_ARGS=-rss-minutes=1 to shorten)
+bench: ## measure overhead, failure throughput, CPU, RSS and start time here (root; by hand, ~40 min; BENCH_ARGS=-rss-minutes=1 to shorten)
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/forkwatch ./cmd/forkwatch
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/storm ./test/storm
 	$(GO) run ./test/bench $(BENCH_ARGS)
