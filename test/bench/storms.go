@@ -245,11 +245,11 @@ func paired(ctx context.Context, tr tracerUnderTest, measure func(tracer *proc) 
 func storm(ctx context.Context, e *env, kind, cgroup string, tracer *proc) (stormRun, error) {
 	var r stormRun
 	var out bytes.Buffer
-	args := []string{"-c", strconv.Itoa(e.stormCPU), *stormBin, "churn", "--kind", kind, "--duration", stormTime.String(), "--cgroup", cgroup}
+	cmd := []string{"churn", "--kind", kind, "--duration", stormTime.String(), "--cgroup", cgroup}
 	if kind == "syscall" {
-		args = []string{"-c", strconv.Itoa(e.stormCPU), *stormBin, "syscalls", "--duration", stormTime.String()}
+		cmd = []string{"syscalls", "--duration", stormTime.String()}
 	}
-	p := newProc(&out, "taskset", args...)
+	p := newProc(&out, "taskset", append([]string{"-c", strconv.Itoa(e.stormCPU), *stormBin}, cmd...)...)
 	busy0, _ := machineCPU()
 	var tr0 int64
 	if tracer != nil {
@@ -272,7 +272,7 @@ func storm(ctx context.Context, e *env, kind, cgroup string, tracer *proc) (stor
 	r.outside = (float64(busy1-busy0) - float64(own) - float64(tr1-tr0)) / float64(wall)
 	var s struct{ Created, Syscalls int }
 	if err := json.Unmarshal(out.Bytes(), &s); err != nil {
-		return r, fmt.Errorf("%s printed %q: %w", strings.Join(args[2:4], " "), out.String(), err)
+		return r, fmt.Errorf("storm %s printed %q: %w", cmd[0], out.String(), err)
 	}
 	r.rate = float64(s.Created+s.Syscalls) / stormTime.Seconds()
 	return r, nil
