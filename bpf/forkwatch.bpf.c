@@ -54,11 +54,24 @@ const volatile bool perf_output = false;
 #define PIDS_V1 1
 #define PIDS_DFL 2
 const volatile __u8 pids_hierarchy = 0;
+/* Where the pids controller counts its refusals (pids.events), set by
+ * userspace from the kernel's BTF and the cgroup mount; the syscall-exit
+ * programs use it to tell a pids refusal from other EAGAINs:
+ *   PIDS_EVENTS_FORKING: in the forking task's cgroup, one per refusal
+ *     (pids_cgroup.events_limit from 4.8, events_local[PIDCG_FORKFAIL]
+ *     since 6.12; what pids.events shows on cgroup v1);
+ *   PIDS_EVENTS_LIMIT: in the cgroup whose limit refused
+ *     (events_local[PIDCG_MAX]; cgroup v2 since 6.12 unless mounted with
+ *     pids_localevents; what pids.events.local shows);
+ *   0: the kernel keeps no count. */
+#define PIDS_EVENTS_FORKING 1
+#define PIDS_EVENTS_LIMIT 2
+const volatile __u8 pids_events = 0;
 
+#define EPERM 1
 #define EAGAIN 11
 #define ENOMEM 12
-#define ERESTARTSYS 512
-#define ERESTART_RESTARTBLOCK 516
+#define EACCES 13
 #define MAX_ERRNO 4095
 
 /* kernel/pid.c: once the allocator's cursor has wrapped, new PIDs are taken
@@ -81,6 +94,10 @@ const volatile __u8 pids_hierarchy = 0;
 /* arch/x86/include/asm/page_64_types.h: 16 KiB kernel stacks since 3.15
  * (KASAN doubles them; distribution kernels do not enable it). */
 #define THREAD_SIZE (16 << 10)
+
+/* include/linux/pid.h: pids.max "max" is PID_MAX_LIMIT + 1 (4M + 1 on
+ * 64-bit); a limit below it was set by someone. */
+#define PIDS_MAX ((4 << 20) + 1)
 
 /* A pids-controller refusal older than this is not the one a failing fork
  * reports: copy_process() returns microseconds after cgroup_can_fork(). */
@@ -158,6 +175,21 @@ struct {
 	__type(value, __u8);
 } tailed_cgroups SEC(".maps");
 
+/* Refusals the syscall-exit programs have claimed, per counting cgroup (see
+ * pids_events): a failing fork that finds a refusal the kernel counted and
+ * no failure claimed yet was refused by the pids controller, even when a
+ * task of the cgroup exited in between and no cgroup is at its edge any
+ * more. Userspace seeds the counts the kernel had before attaching; only
+ * cgroups that ever refused a fork get an entry, so LRU eviction of a live
+ * one would take thousands of refusing cgroups at once. */
+#define MAX_REFUSING_CGROUPS 4096
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_REFUSING_CGROUPS);
+	__type(key, __u64);   /* cgroup id */
+	__type(value, __u64); /* refusals claimed */
+} pids_refusals_claimed SEC(".maps");
+
 /* Node-wide limits the kernel keeps in variables BPF cannot read (pid_max
  * before 6.14, threads-max): userspace refreshes them every second. */
 struct {
@@ -213,6 +245,9 @@ enum variant {
 	/* BTF-enabled program (tp_btf, 5.5+): the per-creation path reads
 	 * kernel memory directly instead of through a helper call per field. */
 	V_BTF = 8,
+	/* Classifies at syscall exit, without sight of the pids charge
+	 * (tracepoint mode): refusals are told apart by the kernel's counts. */
+	V_SYSCALL_EXIT = 16,
 };
 
 /* Kernels before 6.2 kept pids_cgroup.limit as a plain int64_t; since then it
@@ -259,6 +294,12 @@ struct cgroup___rh7 {
 enum cgroup_subsys_id___rh7 {
 	pids_subsys_id___rh7 = 0,
 };
+
+/* 6.12 split the pids controller's one refusal count (events_limit, in the
+ * forking cgroup) into events[] and events_local[] by enum pidcg_event. */
+struct pids_cgroup___pre612 {
+	atomic64_t events_limit;
+} __attribute__((preserve_access_index));
 
 /* 5.14 moved the per-user task count from user_struct.processes into
  * ucounts; 6.2 moved it again, from ucounts.ucount[] to ucounts.rlimit[]. */
@@ -481,13 +522,29 @@ static __always_inline s64 pids_limit(struct pids_cgroup *pc)
 	return BPF_CORE_READ(pc, limit.counter);
 }
 
-/* A cgroup at its pids limit. */
+/* A cgroup at (or nearest to) its pids limit. */
 struct pids_hit {
 	u64 id;
 	s64 current;
 	s64 max;
 	u8 level;
 };
+
+/* Fills hit with the pids cgroup css, found up levels above a leaf at depth
+ * (for kernels whose cgroups do not know their level: 3.10). */
+static __always_inline void set_pids_hit(struct pids_hit *hit, struct cgroup_subsys_state *css,
+					 s64 counter, s64 limit, int up, int depth, int v)
+{
+	struct cgroup *cg = BPF_CORE_READ(css, cgroup);
+
+	hit->id = cgroup_id(cg, v);
+	if (bpf_core_field_exists(cg->level))
+		hit->level = BPF_CORE_READ(cg, level);
+	else
+		hit->level = depth > up ? depth - up : 0;
+	hit->current = counter;
+	hit->max = limit;
+}
 
 /*
  * kernel/cgroup/pids.c: pids_try_charge() adds one to every cgroup from the
@@ -498,19 +555,24 @@ struct pids_hit {
  * controller in …" does *not* name when it is an ancestor (dmesg names the
  * task's own cgroup). depth is the leaf's depth, for kernels whose cgroups do
  * not know their level (3.10, where the pids css's cgroup is the leaf).
+ *
+ * nearest: the fork is known to be a pids refusal, but a task of the
+ * refusing cgroup may have exited since and taken it off its edge: with no
+ * cgroup at its edge, the one with the least headroom is named (the leaf-most
+ * of equals, as pids_try_charge() checks from the leaf up).
  */
 static __always_inline bool find_pids_limit(struct cgroup_subsys_state *css, int depth,
-					    struct pids_hit *hit, int v)
+					    struct pids_hit *hit, bool nearest, int v)
 {
 	struct cgroup_subsys_state *at = NULL;
-	s64 counter = 0, limit = 0;
-	struct cgroup *cg;
+	s64 at_counter = 0, at_limit = 0, headroom = PIDS_MAX;
 	int up = 0;
 
 #pragma unroll
 	for (int i = 0; i < MAX_CGROUP_DEPTH; i++) {
 		struct cgroup_subsys_state *parent;
 		struct pids_cgroup *pc;
+		s64 counter, limit;
 
 		if (!css)
 			break;
@@ -520,24 +582,113 @@ static __always_inline bool find_pids_limit(struct cgroup_subsys_state *css, int
 		pc = (struct pids_cgroup *)css; /* css is pids_cgroup's first member */
 		counter = BPF_CORE_READ(pc, counter.counter);
 		limit = pids_limit(pc);
-		if (counter >= limit) {
+		if (counter >= limit || (nearest && limit < PIDS_MAX && limit - counter < headroom)) {
 			at = css;
 			up = i;
-			break;
+			at_counter = counter;
+			at_limit = limit;
+			headroom = limit - counter;
+			if (headroom <= 0)
+				break;
 		}
 		css = parent;
 	}
 	if (!at)
 		return false;
-	cg = BPF_CORE_READ(at, cgroup);
-	hit->id = cgroup_id(cg, v);
-	if (bpf_core_field_exists(cg->level))
-		hit->level = BPF_CORE_READ(cg, level);
-	else
-		hit->level = depth > up ? depth - up : 0;
-	hit->current = counter;
-	hit->max = limit;
+	set_pids_hit(hit, at, at_counter, at_limit, up, depth, v);
 	return true;
+}
+
+/* The pids controller's count of refusals kept in this cgroup (see
+ * pids_events), or 0 where the kernel keeps none. */
+static __always_inline s64 pids_refusal_count(struct pids_cgroup *pc)
+{
+	s64 n = 0;
+
+	if (bpf_core_field_exists(pc->events_local)) {
+		if (pids_events == PIDS_EVENTS_LIMIT)
+			bpf_core_read(&n, sizeof(n), &pc->events_local[PIDCG_MAX].counter);
+		else
+			bpf_core_read(&n, sizeof(n), &pc->events_local[PIDCG_FORKFAIL].counter);
+	} else if (bpf_core_field_exists(((struct pids_cgroup___pre612 *)0)->events_limit)) {
+		struct pids_cgroup___pre612 *old = (void *)pc;
+
+		n = BPF_CORE_READ(old, events_limit.counter);
+	}
+	return n;
+}
+
+/* Claims one of the refusals the kernel counted in the cgroup with this id,
+ * if it counted more than failures have claimed. The check and the add are
+ * two steps: two failures racing for a cgroup's last unclaimed refusal can
+ * both claim it (atomic fetch-and-add needs 5.12), which takes one off
+ * a later failure's evidence; the add itself never loses a count. */
+static __always_inline bool claim_refusal(u64 id, s64 counted)
+{
+	u64 *claimed = bpf_map_lookup_elem(&pids_refusals_claimed, &id);
+	u64 one = 1;
+
+	if (claimed) {
+		if ((s64)*claimed >= counted)
+			return false;
+		__sync_fetch_and_add(claimed, 1);
+		return true;
+	}
+	if (counted <= 0)
+		return false;
+	/* No entry: the cgroup had not refused a fork when forkwatch started. */
+	if (bpf_map_update_elem(&pids_refusals_claimed, &id, &one, BPF_NOEXIST)) {
+		claimed = bpf_map_lookup_elem(&pids_refusals_claimed, &id);
+		if (claimed)
+			__sync_fetch_and_add(claimed, 1);
+	}
+	return true;
+}
+
+/*
+ * Tracepoint mode: whether the pids controller refused this fork, from its
+ * own refusal counts, and the refusing cgroup in hit. Where the count is kept
+ * in the cgroup whose limit refused (cgroup v2, 6.12+), that names it
+ * exactly; where it is kept in the forking cgroup, the refusing cgroup is the
+ * first at its edge from there up, or the nearest to it.
+ */
+static __always_inline bool claim_pids_refusal(struct cgroup_subsys_state *css, int depth,
+					       struct pids_hit *hit, int v)
+{
+	if (pids_events == PIDS_EVENTS_FORKING) {
+		struct cgroup *cg;
+
+		if (!css || !css_parent(css, v))
+			return false;
+		cg = BPF_CORE_READ(css, cgroup);
+		if (!claim_refusal(cgroup_id(cg, v), pids_refusal_count((struct pids_cgroup *)css)))
+			return false;
+		if (!find_pids_limit(css, depth, hit, true, v))
+			__builtin_memset(hit, 0, sizeof(*hit));
+		return true;
+	}
+	if (pids_events != PIDS_EVENTS_LIMIT)
+		return false;
+#pragma unroll
+	for (int i = 0; i < MAX_CGROUP_DEPTH; i++) {
+		struct cgroup_subsys_state *parent;
+		struct pids_cgroup *pc;
+		struct cgroup *cg;
+
+		if (!css)
+			break;
+		parent = css_parent(css, v);
+		if (!parent)
+			break;
+		pc = (struct pids_cgroup *)css;
+		cg = BPF_CORE_READ(css, cgroup);
+		if (claim_refusal(cgroup_id(cg, v), pids_refusal_count(pc))) {
+			set_pids_hit(hit, css, BPF_CORE_READ(pc, counter.counter), pids_limit(pc), i, depth, v);
+			return true;
+		}
+		css = parent;
+	}
+	return false;
 }
 
 static __always_inline s64 pidns_pid_max(struct pid_namespace *ns, struct node_limits *nl)
@@ -688,12 +839,13 @@ static __always_inline void set_pids_cause(struct event *e, struct pids_hit *hit
  * Fill in the caller's cgroup and decide which limit refused the fork, in
  * the order copy_process() checks them where the evidence is exact
  * (RLIMIT_NPROC, threads-max, a completely full PID namespace, a pids cgroup
- * at its limit), then a PID namespace full after its cursor wrapped. Nothing
- * at its edge: unknown, never a guess.
+ * at its limit or a refusal the pids controller counted), then a PID
+ * namespace full after its cursor wrapped. Nothing at its edge: unknown,
+ * never a guess. EPERM and EACCES are a refusal by policy, not a limit.
  *
- * refusal, when the pids controller was seen refusing this fork: then the
- * earlier checks had all passed (copy_process() calls cgroup_can_fork() after
- * them) and the cause is the pids cgroup.
+ * refusal, when the pids controller was seen refusing this fork (fentry and
+ * kprobe modes): then the earlier checks had all passed (copy_process()
+ * calls cgroup_can_fork() after them) and the cause is the pids cgroup.
  */
 static __always_inline void classify(struct event *e, struct task_struct *task, long ret,
 				     struct pids_refusal *refusal, int v)
@@ -712,36 +864,44 @@ static __always_inline void classify(struct event *e, struct task_struct *task, 
 	}
 	e->cgroup_id = cgroup_id(cg, v);
 	depth = fill_cgroup_path(e, cg, v);
-	if (ret != -EAGAIN && ret != -ENOMEM)
+	if (ret == -EPERM || ret == -EACCES) {
+		e->cause = CAUSE_DENIED;
 		return;
+	}
 
-	if (!refusal) {
-		nl = bpf_map_lookup_elem(&node_limits_now, &zero);
-		if (find_rlimit_nproc(e, task))
-			return;
-		find_pidns_limits(task, nl, &exact, &wrapped, &init_allocated);
-		if (exact.found) {
-			set_pidns_cause(e, &exact);
-			return;
+	if (refusal) {
+		if (refusal->found) {
+			hit.id = refusal->limit_id;
+			hit.level = refusal->limit_level;
+			hit.current = refusal->limit_current;
+			hit.max = refusal->limit_max;
+		} else {
+			find_pids_limit(css, depth, &hit, true, v);
 		}
-		/* nr_threads is not visible to BPF; every task holds a PID in
-		 * the init namespace, so its allocated count is the node's
-		 * task count. */
-		if (nl && nl->threads_max > 0 && init_allocated >= nl->threads_max) {
-			e->cause = CAUSE_THREADS_MAX;
-			e->limit_current = init_allocated;
-			e->limit_max = nl->threads_max;
-			return;
-		}
-	} else if (refusal->found) {
-		hit.id = refusal->limit_id;
-		hit.level = refusal->limit_level;
-		hit.current = refusal->limit_current;
-		hit.max = refusal->limit_max;
 		set_pids_cause(e, &hit);
 		return;
 	}
-	if (find_pids_limit(css, depth, &hit, v)) {
+	nl = bpf_map_lookup_elem(&node_limits_now, &zero);
+	if (find_rlimit_nproc(e, task))
+		return;
+	find_pidns_limits(task, nl, &exact, &wrapped, &init_allocated);
+	if (exact.found) {
+		set_pidns_cause(e, &exact);
+		return;
+	}
+	/* nr_threads is not visible to BPF; every task holds a PID in the init
+	 * namespace, so its allocated count is the node's task count. */
+	if (nl && nl->threads_max > 0 && init_allocated >= nl->threads_max) {
+		e->cause = CAUSE_THREADS_MAX;
+		e->limit_current = init_allocated;
+		e->limit_max = nl->threads_max;
+		return;
+	}
+	if ((v & V_SYSCALL_EXIT) && ret == -EAGAIN && claim_pids_refusal(css, depth, &hit, v)) {
+		set_pids_cause(e, &hit);
+		return;
+	}
+	if (find_pids_limit(css, depth, &hit, false, v)) {
 		set_pids_cause(e, &hit);
 		return;
 	}
@@ -860,11 +1020,19 @@ static __always_inline int on_fork_failed(void *ctx, long ret, u8 syscall, int v
 	bool refused;
 
 	refused = take_refusal((u32)id, now, &refusal);
-	/* include/linux/errno.h: ERESTARTSYS..ERESTART_RESTARTBLOCK never reach
-	 * userspace. A fork interrupted by a signal (Go's runtime preempts
-	 * with SIGURG) exits with -ERESTARTNOINTR and the kernel runs it again
-	 * once the handler returns: not a failure anyone sees. */
-	if (ret >= -ERESTART_RESTARTBLOCK && ret <= -ERESTARTSYS)
+	/*
+	 * What forkwatch reports (README, "What counts as a failure"): a fork
+	 * refused for lack of PIDs, threads or memory (EAGAIN, ENOMEM), and one
+	 * refused by policy (EPERM, EACCES: seccomp, an LSM, a missing
+	 * capability), which kills a Go program as surely. Nothing else: a
+	 * clone3 refused with ENOSYS is how container runtimes' default seccomp
+	 * profiles make glibc fall back to clone, on every thread it starts;
+	 * EINVAL and the rest are malformed or probing calls; and
+	 * ERESTARTSYS..ERESTART_RESTARTBLOCK never reach userspace (a fork
+	 * interrupted by a signal, as Go's runtime preempts with SIGURG, is run
+	 * again once the handler returns).
+	 */
+	if (ret != -EAGAIN && ret != -ENOMEM && ret != -EPERM && ret != -EACCES)
 		return 0;
 	/* Not from a fork syscall: a kernel thread or io_uring creating a
 	 * worker. Records name the syscall that failed; these have none. */
@@ -889,7 +1057,7 @@ static __always_inline int on_fork_exit(void *ctx, long ret, u8 syscall)
 {
 	if (ret >= 0)
 		return 0;
-	return on_fork_failed(ctx, ret, syscall, V_OUT_GLOBAL);
+	return on_fork_failed(ctx, ret, syscall, V_OUT_GLOBAL | V_SYSCALL_EXIT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_clone")
@@ -1053,7 +1221,7 @@ int fexit_pids_fork(u64 *ctx)
 
 	r.ktime_ns = bpf_ktime_get_ns();
 	css = cset_pids_css(cset);
-	if (find_pids_limit(css, 0, &hit, 0)) {
+	if (find_pids_limit(css, 0, &hit, true, 0)) {
 		r.found = 1;
 		r.limit_id = hit.id;
 		r.limit_level = hit.level;
@@ -1232,6 +1400,15 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
 	return 0;
 }
 
+/* How task ended, as wait(2) tells a parent: exit_group() records the
+ * group's status in the signal struct, a lone exit() in the task. */
+static __always_inline int exit_status(struct task_struct *task)
+{
+	int status = BPF_CORE_READ(task, signal, group_exit_code);
+
+	return status ? status : BPF_CORE_READ(task, exit_code);
+}
+
 /* task is exiting, still in its cgroup, and has left its thread group's live
  * count: the thread group is gone when that count is zero. A thread-group
  * leader's exit counts as the process's. */
@@ -1243,6 +1420,7 @@ static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int
 	bool thread, group_dead;
 	struct cgroup *cg;
 	struct event *e;
+	int status = 0;
 	u64 cgid;
 	u32 tgid;
 
@@ -1269,6 +1447,15 @@ static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int
 	}
 	if (group_dead)
 		fp = bpf_map_lookup_elem(&failed_procs, &tgid);
+	/* A victim exits abnormally (a non-zero code or a fatal signal): a
+	 * process that exits 0 after failed forks coped with them. */
+	if (fp) {
+		status = exit_status(task);
+		if (!status) {
+			bpf_map_delete_elem(&failed_procs, &tgid);
+			fp = NULL;
+		}
+	}
 	if (!fp && !tail_on(v))
 		return 0;
 	if (v & V_BTF)
@@ -1280,11 +1467,7 @@ static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int
 	if (!e)
 		return 0;
 	e->kind = group_dead || !thread ? KIND_PROCESS : KIND_THREAD;
-	/* exit_group() records the group's status in the signal struct; a
-	 * lone exit() in the task. */
-	e->ret = BPF_CORE_READ(task, signal, group_exit_code);
-	if (!e->ret)
-		e->ret = BPF_CORE_READ(task, exit_code);
+	e->ret = fp ? status : exit_status(task);
 	if (fp) {
 		e->failures = fp->failures;
 		e->last_failure_ns = fp->last_failure_ns;
@@ -1394,4 +1577,56 @@ SEC("tracepoint/sched/sched_process_exit")
 int tp_pexit_rh7(void *ctx)
 {
 	return on_task_exit(ctx, (struct task_struct *)bpf_get_current_task(), V_OUT_PERF | V_CGROUP_RH7);
+}
+
+/* --- limits changed at run time ---------------------------------------------- */
+
+/* Whether the sysctl's full name, as bpf_sysctl_get_name() writes it, is want. */
+static __always_inline bool sysctl_is(const char *name, const char *want, int len)
+{
+	for (int i = 0; i < len; i++)
+		if (name[i] != want[i])
+			return false;
+	return true;
+}
+
+/*
+ * kernel.threads-max, and kernel.pid_max before 6.14, live in variables BPF
+ * cannot read: userspace copies them into node_limits_now every second. An
+ * operator lowering one during an incident would leave the copy stale for up
+ * to that second, and the refusals in it misnamed. This program, attached to
+ * the root of the cgroup v2 hierarchy (where every task is), sees each write
+ * to them and updates the copy just before the kernel stores the value. A
+ * write the kernel then rejects (out of range) is undone by the next refresh.
+ */
+SEC("cgroup/sysctl")
+int sysctl_limits(struct bpf_sysctl *ctx)
+{
+	/* "kernel/threads-max" and "kernel/pid_max" with their NUL fit; a
+	 * longer name does not (-E2BIG) and is not one of them. */
+	char name[20] = {}, value[24] = {};
+	struct node_limits *nl;
+	unsigned long v = 0;
+	u32 zero = 0;
+	bool threads;
+
+	if (!ctx->write)
+		return 1;
+	if (bpf_sysctl_get_name(ctx, name, sizeof(name), 0) < 0)
+		return 1;
+	threads = sysctl_is(name, "kernel/threads-max", sizeof("kernel/threads-max"));
+	if (!threads && !sysctl_is(name, "kernel/pid_max", sizeof("kernel/pid_max")))
+		return 1;
+	if (bpf_sysctl_get_new_value(ctx, value, sizeof(value)) < 0)
+		return 1;
+	if (bpf_strtoul(value, sizeof(value), 0, &v) < 0)
+		return 1;
+	nl = bpf_map_lookup_elem(&node_limits_now, &zero);
+	if (!nl)
+		return 1;
+	if (threads)
+		nl->threads_max = v;
+	else
+		nl->pid_max = v;
+	return 1; /* allowed: forkwatch only watches */
 }

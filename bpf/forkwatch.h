@@ -36,6 +36,9 @@ enum fail_cause {
 	CAUSE_RLIMIT_NPROC = 3,
 	CAUSE_THREADS_MAX = 4,
 	CAUSE_NO_MEMORY = 5,
+	/* EPERM or EACCES: seccomp, an LSM or a missing capability said no.
+	 * Not a limit: reported, never counted as a fork failure. */
+	CAUSE_DENIED = 6,
 };
 
 enum event_flags {

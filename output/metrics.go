@@ -73,6 +73,7 @@ func NewMetrics(src Source, root tracer.CgroupRoot, paths *tracer.CgroupPaths, a
 var (
 	labelsPod       = []string{"namespace", "pod", "container"}
 	descFailures    = prometheus.NewDesc("forkwatch_fork_failures_total", "Failed fork/clone/vfork/clone3 calls, by calling pod and container, the limit that refused them (cause) and, for pids_cgroup, the refusing cgroup.", append(labelsPod, "cause", "limit_cgroup"), nil)
+	descDenied      = prometheus.NewDesc("forkwatch_fork_denied_total", "fork/clone/vfork/clone3 calls refused by policy (EPERM or EACCES: seccomp, an LSM, a missing capability), by calling pod and container. Not a limit: not in forkwatch_fork_failures_total.", labelsPod, nil)
 	descCreated     = prometheus.NewDesc("forkwatch_tasks_created_total", "Tasks created (kind thread or process), counted in the kernel per cgroup.", append(labelsPod, "kind"), nil)
 	descExited      = prometheus.NewDesc("forkwatch_tasks_exited_total", "Tasks exited (kind thread or process), counted in the kernel per cgroup.", append(labelsPod, "kind"), nil)
 	descRate        = prometheus.NewDesc("forkwatch_thread_creation_rate", "Distribution of each pod's per-second task creation rate, one observation per second.", []string{"namespace", "pod"}, nil)
@@ -92,7 +93,7 @@ var (
 
 // Describe sends the descriptors of every metric.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFailures, descCreated, descExited, descRate, descPidsCurrent, descPidsMax,
+	for _, d := range []*prometheus.Desc{descFailures, descDenied, descCreated, descExited, descRate, descPidsCurrent, descPidsMax,
 		descPidMax, descThreadsMax, descTasks, descExhaustion, descLeak, descLost, descMissedRuns, descAttached, descBuild, descScrapeErr} {
 		ch <- d
 	}
@@ -146,6 +147,10 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for k, s := range m.failures {
 		if s.podUID != "" && now.Sub(maxTime(m.podSeen[s.podUID], s.last)) > podSeriesGrace {
 			delete(m.failures, k)
+			continue
+		}
+		if k.cause == string(tracer.CauseDenied) {
+			ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(s.count), k.namespace, k.pod, k.container)
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(s.count), k.namespace, k.pod, k.container, k.cause, k.limitCgroup)

@@ -242,6 +242,8 @@ func (t *Text) limitText(f *tracer.Failure) string {
 		return fmt.Sprintf("threads-max: %d/%d tasks", l.Current, l.Max)
 	case f.Cause == tracer.CauseNoMemory:
 		return "out of memory"
+	case f.Cause == tracer.CauseDenied:
+		return "denied by policy (seccomp, an LSM or a missing capability), not a limit"
 	}
 	return "no limit at its edge (cause unknown)"
 }

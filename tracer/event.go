@@ -23,6 +23,10 @@ const (
 	CauseThreadsMax  Cause = "threads_max"
 	CauseNoMemory    Cause = "no_memory"
 	CauseUnknown     Cause = "unknown"
+	// CauseDenied is EPERM or EACCES: seccomp, an LSM or a missing
+	// capability refused the fork. Not a limit, and not counted as a fork
+	// failure: it has its own metric and no limit evidence.
+	CauseDenied Cause = "denied"
 )
 
 var causeNames = map[forkwatchFailCause]Cause{
@@ -32,6 +36,7 @@ var causeNames = map[forkwatchFailCause]Cause{
 	forkwatchFailCauseCAUSE_RLIMIT_NPROC: CauseRlimitNproc,
 	forkwatchFailCauseCAUSE_THREADS_MAX:  CauseThreadsMax,
 	forkwatchFailCauseCAUSE_NO_MEMORY:    CauseNoMemory,
+	forkwatchFailCauseCAUSE_DENIED:       CauseDenied,
 }
 
 var syscallNames = map[forkwatchForkSyscall]string{

@@ -79,6 +79,7 @@ const (
 	forkwatchFailCauseCAUSE_RLIMIT_NPROC forkwatchFailCause = 3
 	forkwatchFailCauseCAUSE_THREADS_MAX  forkwatchFailCause = 4
 	forkwatchFailCauseCAUSE_NO_MEMORY    forkwatchFailCause = 5
+	forkwatchFailCauseCAUSE_DENIED       forkwatchFailCause = 6
 )
 
 type forkwatchFailedProc struct {
@@ -135,45 +136,48 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	forkwatchMapConfigNow         = "config_now"
-	forkwatchMapCountSlots        = "count_slots"
-	forkwatchMapCountsByCgroup    = "counts_by_cgroup"
-	forkwatchMapEventScratch      = "event_scratch"
-	forkwatchMapEvents            = "events"
-	forkwatchMapEventsLost        = "events_lost"
-	forkwatchMapFailedProcs       = "failed_procs"
-	forkwatchMapNodeLimitsNow     = "node_limits_now"
-	forkwatchMapPidsRefusals      = "pids_refusals"
-	forkwatchMapTailedCgroups     = "tailed_cgroups"
-	forkwatchProgBtfTpExit        = "btf_tp_exit"
-	forkwatchProgBtfTpFork        = "btf_tp_fork"
-	forkwatchProgFexitCopyProc    = "fexit_copy_proc"
-	forkwatchProgFexitPidsFork    = "fexit_pids_fork"
-	forkwatchProgKpNewtaskPerf    = "kp_newtask_perf"
-	forkwatchProgKpNewtaskRh7     = "kp_newtask_rh7"
-	forkwatchProgKpNewtaskRing    = "kp_newtask_ring"
-	forkwatchProgKretForkPerf     = "kret_fork_perf"
-	forkwatchProgKretForkRh7      = "kret_fork_rh7"
-	forkwatchProgKretForkRing     = "kret_fork_ring"
-	forkwatchProgKretPidsFork     = "kret_pids_fork"
-	forkwatchProgRawTpExit        = "raw_tp_exit"
-	forkwatchProgRawTpFork        = "raw_tp_fork"
-	forkwatchProgTpExitClone      = "tp_exit_clone"
-	forkwatchProgTpExitClone3     = "tp_exit_clone3"
-	forkwatchProgTpExitFork       = "tp_exit_fork"
-	forkwatchProgTpExitVfork      = "tp_exit_vfork"
-	forkwatchProgTpPexitPerf      = "tp_pexit_perf"
-	forkwatchProgTpPexitRh7       = "tp_pexit_rh7"
-	forkwatchProgTpPexitRing      = "tp_pexit_ring"
-	forkwatchVarPerfOutput        = "perf_output"
-	forkwatchVarPidsHierarchy     = "pids_hierarchy"
-	forkwatchVarTailEnabled       = "tail_enabled"
-	forkwatchVarUnusedEvent       = "unused_event"
-	forkwatchVarUnusedEventFlags  = "unused_event_flags"
-	forkwatchVarUnusedEventType   = "unused_event_type"
-	forkwatchVarUnusedFailCause   = "unused_fail_cause"
-	forkwatchVarUnusedForkSyscall = "unused_fork_syscall"
-	forkwatchVarUnusedTaskKind    = "unused_task_kind"
+	forkwatchMapConfigNow           = "config_now"
+	forkwatchMapCountSlots          = "count_slots"
+	forkwatchMapCountsByCgroup      = "counts_by_cgroup"
+	forkwatchMapEventScratch        = "event_scratch"
+	forkwatchMapEvents              = "events"
+	forkwatchMapEventsLost          = "events_lost"
+	forkwatchMapFailedProcs         = "failed_procs"
+	forkwatchMapNodeLimitsNow       = "node_limits_now"
+	forkwatchMapPidsRefusals        = "pids_refusals"
+	forkwatchMapPidsRefusalsClaimed = "pids_refusals_claimed"
+	forkwatchMapTailedCgroups       = "tailed_cgroups"
+	forkwatchProgBtfTpExit          = "btf_tp_exit"
+	forkwatchProgBtfTpFork          = "btf_tp_fork"
+	forkwatchProgFexitCopyProc      = "fexit_copy_proc"
+	forkwatchProgFexitPidsFork      = "fexit_pids_fork"
+	forkwatchProgKpNewtaskPerf      = "kp_newtask_perf"
+	forkwatchProgKpNewtaskRh7       = "kp_newtask_rh7"
+	forkwatchProgKpNewtaskRing      = "kp_newtask_ring"
+	forkwatchProgKretForkPerf       = "kret_fork_perf"
+	forkwatchProgKretForkRh7        = "kret_fork_rh7"
+	forkwatchProgKretForkRing       = "kret_fork_ring"
+	forkwatchProgKretPidsFork       = "kret_pids_fork"
+	forkwatchProgRawTpExit          = "raw_tp_exit"
+	forkwatchProgRawTpFork          = "raw_tp_fork"
+	forkwatchProgSysctlLimits       = "sysctl_limits"
+	forkwatchProgTpExitClone        = "tp_exit_clone"
+	forkwatchProgTpExitClone3       = "tp_exit_clone3"
+	forkwatchProgTpExitFork         = "tp_exit_fork"
+	forkwatchProgTpExitVfork        = "tp_exit_vfork"
+	forkwatchProgTpPexitPerf        = "tp_pexit_perf"
+	forkwatchProgTpPexitRh7         = "tp_pexit_rh7"
+	forkwatchProgTpPexitRing        = "tp_pexit_ring"
+	forkwatchVarPerfOutput          = "perf_output"
+	forkwatchVarPidsEvents          = "pids_events"
+	forkwatchVarPidsHierarchy       = "pids_hierarchy"
+	forkwatchVarTailEnabled         = "tail_enabled"
+	forkwatchVarUnusedEvent         = "unused_event"
+	forkwatchVarUnusedEventFlags    = "unused_event_flags"
+	forkwatchVarUnusedEventType     = "unused_event_type"
+	forkwatchVarUnusedFailCause     = "unused_fail_cause"
+	forkwatchVarUnusedForkSyscall   = "unused_fork_syscall"
+	forkwatchVarUnusedTaskKind      = "unused_task_kind"
 )
 
 // loadForkwatch returns the embedded CollectionSpec for forkwatch.
@@ -231,6 +235,7 @@ type forkwatchProgramSpecs struct {
 	KretPidsFork  *ebpf.ProgramSpec `ebpf:"kret_pids_fork"`
 	RawTpExit     *ebpf.ProgramSpec `ebpf:"raw_tp_exit"`
 	RawTpFork     *ebpf.ProgramSpec `ebpf:"raw_tp_fork"`
+	SysctlLimits  *ebpf.ProgramSpec `ebpf:"sysctl_limits"`
 	TpExitClone   *ebpf.ProgramSpec `ebpf:"tp_exit_clone"`
 	TpExitClone3  *ebpf.ProgramSpec `ebpf:"tp_exit_clone3"`
 	TpExitFork    *ebpf.ProgramSpec `ebpf:"tp_exit_fork"`
@@ -244,16 +249,17 @@ type forkwatchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type forkwatchMapSpecs struct {
-	ConfigNow      *ebpf.MapSpec `ebpf:"config_now"`
-	CountSlots     *ebpf.MapSpec `ebpf:"count_slots"`
-	CountsByCgroup *ebpf.MapSpec `ebpf:"counts_by_cgroup"`
-	EventScratch   *ebpf.MapSpec `ebpf:"event_scratch"`
-	Events         *ebpf.MapSpec `ebpf:"events"`
-	EventsLost     *ebpf.MapSpec `ebpf:"events_lost"`
-	FailedProcs    *ebpf.MapSpec `ebpf:"failed_procs"`
-	NodeLimitsNow  *ebpf.MapSpec `ebpf:"node_limits_now"`
-	PidsRefusals   *ebpf.MapSpec `ebpf:"pids_refusals"`
-	TailedCgroups  *ebpf.MapSpec `ebpf:"tailed_cgroups"`
+	ConfigNow           *ebpf.MapSpec `ebpf:"config_now"`
+	CountSlots          *ebpf.MapSpec `ebpf:"count_slots"`
+	CountsByCgroup      *ebpf.MapSpec `ebpf:"counts_by_cgroup"`
+	EventScratch        *ebpf.MapSpec `ebpf:"event_scratch"`
+	Events              *ebpf.MapSpec `ebpf:"events"`
+	EventsLost          *ebpf.MapSpec `ebpf:"events_lost"`
+	FailedProcs         *ebpf.MapSpec `ebpf:"failed_procs"`
+	NodeLimitsNow       *ebpf.MapSpec `ebpf:"node_limits_now"`
+	PidsRefusals        *ebpf.MapSpec `ebpf:"pids_refusals"`
+	PidsRefusalsClaimed *ebpf.MapSpec `ebpf:"pids_refusals_claimed"`
+	TailedCgroups       *ebpf.MapSpec `ebpf:"tailed_cgroups"`
 }
 
 // forkwatchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -261,6 +267,7 @@ type forkwatchMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type forkwatchVariableSpecs struct {
 	PerfOutput        *ebpf.VariableSpec `ebpf:"perf_output"`
+	PidsEvents        *ebpf.VariableSpec `ebpf:"pids_events"`
 	PidsHierarchy     *ebpf.VariableSpec `ebpf:"pids_hierarchy"`
 	TailEnabled       *ebpf.VariableSpec `ebpf:"tail_enabled"`
 	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
@@ -291,16 +298,17 @@ func (o *forkwatchObjects) Close() error {
 //
 // It can be passed to loadForkwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type forkwatchMaps struct {
-	ConfigNow      *ebpf.Map `ebpf:"config_now"`
-	CountSlots     *ebpf.Map `ebpf:"count_slots"`
-	CountsByCgroup *ebpf.Map `ebpf:"counts_by_cgroup"`
-	EventScratch   *ebpf.Map `ebpf:"event_scratch"`
-	Events         *ebpf.Map `ebpf:"events"`
-	EventsLost     *ebpf.Map `ebpf:"events_lost"`
-	FailedProcs    *ebpf.Map `ebpf:"failed_procs"`
-	NodeLimitsNow  *ebpf.Map `ebpf:"node_limits_now"`
-	PidsRefusals   *ebpf.Map `ebpf:"pids_refusals"`
-	TailedCgroups  *ebpf.Map `ebpf:"tailed_cgroups"`
+	ConfigNow           *ebpf.Map `ebpf:"config_now"`
+	CountSlots          *ebpf.Map `ebpf:"count_slots"`
+	CountsByCgroup      *ebpf.Map `ebpf:"counts_by_cgroup"`
+	EventScratch        *ebpf.Map `ebpf:"event_scratch"`
+	Events              *ebpf.Map `ebpf:"events"`
+	EventsLost          *ebpf.Map `ebpf:"events_lost"`
+	FailedProcs         *ebpf.Map `ebpf:"failed_procs"`
+	NodeLimitsNow       *ebpf.Map `ebpf:"node_limits_now"`
+	PidsRefusals        *ebpf.Map `ebpf:"pids_refusals"`
+	PidsRefusalsClaimed *ebpf.Map `ebpf:"pids_refusals_claimed"`
+	TailedCgroups       *ebpf.Map `ebpf:"tailed_cgroups"`
 }
 
 func (m *forkwatchMaps) Close() error {
@@ -314,6 +322,7 @@ func (m *forkwatchMaps) Close() error {
 		m.FailedProcs,
 		m.NodeLimitsNow,
 		m.PidsRefusals,
+		m.PidsRefusalsClaimed,
 		m.TailedCgroups,
 	)
 }
@@ -323,6 +332,7 @@ func (m *forkwatchMaps) Close() error {
 // It can be passed to loadForkwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type forkwatchVariables struct {
 	PerfOutput        *ebpf.Variable `ebpf:"perf_output"`
+	PidsEvents        *ebpf.Variable `ebpf:"pids_events"`
 	PidsHierarchy     *ebpf.Variable `ebpf:"pids_hierarchy"`
 	TailEnabled       *ebpf.Variable `ebpf:"tail_enabled"`
 	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
@@ -350,6 +360,7 @@ type forkwatchPrograms struct {
 	KretPidsFork  *ebpf.Program `ebpf:"kret_pids_fork"`
 	RawTpExit     *ebpf.Program `ebpf:"raw_tp_exit"`
 	RawTpFork     *ebpf.Program `ebpf:"raw_tp_fork"`
+	SysctlLimits  *ebpf.Program `ebpf:"sysctl_limits"`
 	TpExitClone   *ebpf.Program `ebpf:"tp_exit_clone"`
 	TpExitClone3  *ebpf.Program `ebpf:"tp_exit_clone3"`
 	TpExitFork    *ebpf.Program `ebpf:"tp_exit_fork"`
@@ -374,6 +385,7 @@ func (p *forkwatchPrograms) Close() error {
 		p.KretPidsFork,
 		p.RawTpExit,
 		p.RawTpFork,
+		p.SysctlLimits,
 		p.TpExitClone,
 		p.TpExitClone3,
 		p.TpExitFork,

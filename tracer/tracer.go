@@ -67,6 +67,9 @@ type Options struct {
 	// PerfBuffer hands records over through a perf event array even where
 	// the kernel has a BPF ring buffer (which arrived in 5.8).
 	PerfBuffer bool
+	// CgroupRoot is the pids hierarchy: where the pids controller's refusal
+	// counts are read at start (see seedRefusalCounts).
+	CgroupRoot CgroupRoot
 }
 
 // Attachment is one program attached to one kernel hook.
@@ -154,7 +157,7 @@ func New(opts Options) (t *Tracer, err error) {
 		specs.Events.MaxEntries = uint32(opts.RingBufferSize)
 	}
 	// LRU maps arrived in 4.10: without them a full map takes no new keys.
-	for _, ms := range []*ebpf.MapSpec{specs.CountsByCgroup, specs.FailedProcs, specs.PidsRefusals} {
+	for _, ms := range []*ebpf.MapSpec{specs.CountsByCgroup, specs.FailedProcs, specs.PidsRefusals, specs.PidsRefusalsClaimed} {
 		switch {
 		case ms.Type == ebpf.LRUHash && features.HaveMapType(ebpf.LRUHash) != nil:
 			ms.Type = ebpf.Hash
@@ -167,6 +170,14 @@ func New(opts Options) (t *Tracer, err error) {
 	}
 	if err := specs.PidsHierarchy.Set(pidsHierarchy("/proc/cgroups")); err != nil {
 		return nil, fmt.Errorf("configuring the counters: %w", err)
+	}
+	kernel := types
+	if kernel == nil {
+		kernel, _ = cache.Kernel()
+	}
+	eventsKind, eventsFile := pidsEventsKind(kernel, opts.CgroupRoot)
+	if err := specs.PidsEvents.Set(eventsKind); err != nil {
+		return nil, fmt.Errorf("configuring the refusal counts: %w", err)
 	}
 	if err := specs.PerfOutput.Set(usePerf); err != nil {
 		return nil, fmt.Errorf("configuring the output: %w", err)
@@ -191,6 +202,11 @@ func New(opts Options) (t *Tracer, err error) {
 	if err := t.refreshNodeLimits(); err != nil {
 		return nil, err
 	}
+	if eventsKind != pidsEventsNone && opts.CgroupRoot.Path != "" {
+		if err := seedRefusalCounts(t.maps.PidsRefusalsClaimed, opts.CgroupRoot, eventsFile); err != nil {
+			return nil, err
+		}
+	}
 	cfg := forkwatchConfig{}
 	if opts.Tail {
 		cfg.TailEnabled = 1
@@ -211,6 +227,7 @@ func New(opts Options) (t *Tracer, err error) {
 			t.mode = mode
 		}
 	}
+	t.attachSysctlWatch(l)
 
 	if usePerf {
 		perCPU := max(opts.RingBufferSize/int(t.maps.Events.MaxEntries()), os.Getpagesize())

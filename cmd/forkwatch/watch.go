@@ -76,7 +76,7 @@ func watch(ctx context.Context, flags *Flags) error {
 	// need now, while it still can.
 	tracer.PrestartThreads()
 
-	t, err := tracer.New(tracer.Options{Mode: tracer.Mode(flags.Mode), RingBufferSize: flags.RingBufferSize, Tail: tail != nil, BTF: flags.BTF, PerfBuffer: flags.PerfBuffer})
+	t, err := tracer.New(tracer.Options{Mode: tracer.Mode(flags.Mode), RingBufferSize: flags.RingBufferSize, Tail: tail != nil, BTF: flags.BTF, PerfBuffer: flags.PerfBuffer, CgroupRoot: root})
 	if err != nil {
 		return usageError{err}
 	}

@@ -470,7 +470,7 @@ func findForkwatchPrograms() []string {
 		"kret_fork_perf": true, "kret_fork_rh7": true, "kret_pids_fork": true,
 		"kp_newtask_ring": true, "kp_newtask_perf": true, "kp_newtask_rh7": true,
 		"tp_pexit_ring": true, "tp_pexit_perf": true, "tp_pexit_rh7": true,
-		"btf_tp_fork": true, "btf_tp_exit": true,
+		"btf_tp_fork": true, "btf_tp_exit": true, "sysctl_limits": true,
 	}
 	var found []string
 	var id ebpf.ProgramID
