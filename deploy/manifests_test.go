@@ -67,6 +67,7 @@ const (
 // alerts are the alerts forkwatch ships, by name, with their severity.
 var alerts = map[string]string{
 	"ForkFailures":          "critical",
+	"ForkDenied":            "warning",
 	"PidMaxNearLimit":       "warning",
 	"ThreadsMaxNearLimit":   "warning",
 	"PidsCgroupNearLimit":   "warning",
