@@ -101,6 +101,19 @@ func TestDecodeFailure(t *testing.T) {
 			path: ctr,
 			want: want(CauseUnknown, nil),
 		},
+		{
+			name: "denied by policy has no limit",
+			edit: func(e *forkwatchEvent) {
+				e.Ret = -1
+				e.Cause = uint8(forkwatchFailCauseCAUSE_DENIED)
+			},
+			path: ctr,
+			want: func() Failure {
+				f := want(CauseDenied, nil)
+				f.Errno, f.Ret = "EPERM", -1
+				return f
+			}(),
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := base
