@@ -1153,10 +1153,17 @@ int fexit_copy_proc(u64 *ctx)
 	struct task_struct *task;
 	u64 ret;
 
-	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ret))
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ret)) {
 		bpf_get_func_ret(ctx, &ret);
-	else
+	} else {
 		ret = ctx[4];
+		if (ret < (u64)-MAX_ERRNO)
+			return 0;
+		/* Before 5.17 the verifier types ctx[4] as the task pointer
+		 * copy_process() returns, and refuses arithmetic on it: read
+		 * it again as the number it is. */
+		bpf_probe_read_kernel(&ret, sizeof(ret), &ctx[4]);
+	}
 	if (ret < (u64)-MAX_ERRNO)
 		return 0;
 	task = (struct task_struct *)bpf_get_current_task();
