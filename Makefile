@@ -58,7 +58,7 @@ test: check-generate vet ## the whole suite: generation check, vet, unit, end-to
 # or Prometheus; the 30-second rate test is too slow under emulation), in
 # every mode on every kernel and cgroup layout, then in kprobe mode with a
 # perf event array (CentOS 7's output) on cgroup v2.
-VM_TESTS := Modes|TaskCounts|BTF|CloneInto|Ancestor|PodPids|PIDNamespace|Rlimit|Deleted|Victim|PodTail|Loss|Survives|BadInput|Duration
+VM_TESTS := Modes|TaskCounts|BTF|CloneInto|Ancestor|PodPids|PIDNamespace|Rlimit|Deleted|Victim|PodTail|Loss|Survives|BadInput|Duration|ThreadsMax
 VM_RUN = FORKWATCH_BIN=/bin/forkwatch FORKWATCH_STORM=/bin/storm FORKWATCH_VM=1 test/vm/matrix.sh --timeout 900 \
 	--file bin/forkwatch:/bin/forkwatch --file bin/storm:/bin/storm --file bin/e2e.test:/bin/e2e.test \
 	-- /bin/e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '$(VM_TESTS)'

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -206,8 +207,9 @@ func TestPodTailMissingPod(t *testing.T) {
 }
 
 // A Go service whose thread creation fails dies with "failed to create new
-// OS thread", exit code 2, like calico-node: forkwatch reports the exit
-// with the failures that preceded it.
+// OS thread", exit code 2, like calico-node: forkwatch reports each clone
+// the kernel refused (its own count, pids.events) and, once, the exit with
+// the failures that preceded it.
 func TestVictimReported(t *testing.T) {
 	requireRoot(t)
 	tr := newTestTree(t)
@@ -224,28 +226,30 @@ func TestVictimReported(t *testing.T) {
 		t.Fatalf("the Go runtime did not die for lack of threads: %v\n%s", err, out)
 	}
 	pid := cmd.ProcessState.Pid()
-	type exitEvent struct {
-		Event         string `json:"event"`
-		PID           int    `json:"pid"`
-		Pod           *pod   `json:"pod"`
-		ExitCode      *int   `json:"exit_code"`
-		Failures      int    `json:"failures"`
-		FailedSyscall string `json:"failed_syscall"`
-	}
-	var got exitEvent
-	fw.waitFor("the victim's exit", func() bool {
-		for _, l := range fw.output() {
-			var e exitEvent
-			if json.Unmarshal([]byte(l), &e) == nil && e.Event == "task_exited" && e.PID == pid {
-				got = e
-				return true
-			}
-		}
-		return false
-	})
+	refused := pidsRefusals(t, tr, podCg)
+	isVictim := func(x exitObject) bool { return x.PID == pid }
+	fw.waitFor("the victim's exit", func() bool { return slices.ContainsFunc(exits(fw), isVictim) })
 	fw.stop()
-	failures := len(fw.events(func(e event) bool { return e.Event == "fork_failed" && e.PID == pid }))
-	if got.ExitCode == nil || *got.ExitCode != 2 || got.Failures == 0 || got.Failures != failures || got.FailedSyscall != "clone" || got.Pod == nil || *got.Pod != p {
-		t.Fatalf("victim %+v (exit code %v); want exit code 2 after the %d failed clones reported", got, got.ExitCode, failures)
+
+	// Every clone the pids controller refused (the runtime retries each
+	// thread creation on EAGAIN before it gives up) is reported, as the
+	// pod's limit, and the victim's count is the number reported.
+	failed := fw.events(func(e event) bool { return e.Event == "fork_failed" && e.Cgroup == ctrCg })
+	if refused == 0 || int64(len(failed)) != refused {
+		t.Fatalf("forkwatch reported %d failed clones in the container, the kernel refused %d", len(failed), refused)
 	}
+	for _, e := range failed {
+		if e.PID != pid || e.Syscall != "clone" || e.Errno != "EAGAIN" || e.Cause != "pids_cgroup" || e.Limit == nil || e.Limit.Cgroup != podCg || e.Limit.Max != 30 {
+			t.Fatalf("failure %+v, limit %+v: want the victim's clone refused with EAGAIN by pids_cgroup %s at max 30", e, e.Limit, podCg)
+		}
+	}
+	victims := slices.DeleteFunc(exits(fw), func(x exitObject) bool { return !isVictim(x) })
+	if len(victims) != 1 {
+		t.Fatalf("%d task_exited objects for PID %d, want one: %+v", len(victims), pid, victims)
+	}
+	got := victims[0]
+	if got.ExitCode == nil || *got.ExitCode != 2 || got.Failures != len(failed) || got.FailedSyscall != "clone" || got.Pod == nil || *got.Pod != p {
+		t.Fatalf("victim %+v (exit code %v); want exit code 2 after the %d failed clones reported", got, got.ExitCode, len(failed))
+	}
+	t.Logf("the kernel refused %d clones, forkwatch reported %d; victim exited %d after %d failures", refused, len(failed), *got.ExitCode, got.Failures)
 }
