@@ -58,15 +58,18 @@ test: check-generate vet ## the whole suite: generation check, vet, unit, end-to
 # or Prometheus; the 30-second rate test is too slow under emulation), in
 # every mode on every kernel and cgroup layout, then in kprobe mode with a
 # perf event array (CentOS 7's output) on cgroup v2.
-VM_TESTS := Modes|TaskCounts|BTF|CloneInto|Ancestor|PodPids|PIDNamespace|Rlimit|Deleted|Victim|PodTail|Loss|Survives|BadInput|Duration|ThreadsMax
-VM_RUN = FORKWATCH_BIN=/bin/forkwatch FORKWATCH_STORM=/bin/storm FORKWATCH_VM=1 test/vm/matrix.sh --timeout 900 \
-	--file bin/forkwatch:/bin/forkwatch --file bin/storm:/bin/storm --file bin/e2e.test:/bin/e2e.test \
+VM_TESTS := Modes|TaskCounts|BTF|CloneInto|Ancestor|PodPids|PIDNamespace|Rlimit|Deleted|Victim|PodTail|Loss|Survives|BadInput|Duration|ThreadsMax|Glibc
+VM_RUN = FORKWATCH_BIN=/bin/forkwatch FORKWATCH_STORM=/bin/storm FORKWATCH_GLIBC_DIR=/glibc FORKWATCH_VM=1 test/vm/matrix.sh --timeout 900 \
+	--file bin/forkwatch:/bin/forkwatch --file bin/storm:/bin/storm --file bin/e2e.test:/bin/e2e.test --file bin/glibc:/glibc \
 	-- /bin/e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '$(VM_TESTS)'
 
 test-vm: ## end-to-end tests in qemu on Debian's 5.10, 6.1, 6.12 and newest kernels: cgroup v2 and hybrid, fentry, tracepoint and kprobe modes
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/forkwatch ./cmd/forkwatch
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/storm ./test/storm
 	CGO_ENABLED=0 $(GO) test -c -o bin/e2e.test ./test/e2e
+	mkdir -p bin/glibc  # static glibc programs: the guest has no libc
+	gcc -static -O2 -pthread -o bin/glibc/threads test/glibc/threads.c
+	gcc -static -O2 -pthread -o bin/glibc/forker test/glibc/forker.c
 	FORKWATCH_VM_MODES="fentry tracepoint kprobe" $(VM_RUN)
 	FORKWATCH_VM_MODES="kprobe+perf" FORKWATCH_VM_CGROUPS=v2 $(VM_RUN)
 

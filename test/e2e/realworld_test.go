@@ -390,6 +390,7 @@ type exitObject struct {
 	Comm          string `json:"comm"`
 	Cgroup        string `json:"cgroup"`
 	Pod           *pod   `json:"pod"`
+	ContainerID   string `json:"container_id"`
 	ExitCode      *int   `json:"exit_code"`
 	Signal        string `json:"signal"`
 	Failures      int    `json:"failures"`
