@@ -483,22 +483,21 @@ func checkDaemonSet(t *testing.T, r *rendered, v variant) {
 		t.Errorf("seccompProfile = %+v, want Unconfined (or a Localhost profile allowing bpf)", sp)
 	}
 
-	// Resources: requests cpu 20m / memory 48Mi, limits memory 128Mi, no CPU limit.
+	// Resources: what the scheduler must reserve (a CPU and a memory
+	// request), a memory limit at or above the request so a leak cannot
+	// take the node, and no CPU limit. The values themselves are sized by
+	// make bench (README "What it costs"), not pinned here.
 	res := c.Resources
-	wantQ := func(what string, list corev1.ResourceList, name corev1.ResourceName, want string) {
-		got, ok := list[name]
-		if !ok || got.Cmp(resource.MustParse(want)) != 0 {
-			t.Errorf("resources.%s.%s = %v, want %s", what, name, got.String(), want)
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		if q, ok := res.Requests[name]; !ok || q.Sign() <= 0 {
+			t.Errorf("resources.requests.%s = %v: want a positive request", name, q.String())
 		}
 	}
-	wantQ("requests", res.Requests, corev1.ResourceCPU, "20m")
-	wantQ("requests", res.Requests, corev1.ResourceMemory, "48Mi")
-	wantQ("limits", res.Limits, corev1.ResourceMemory, "128Mi")
+	if lim, ok := res.Limits[corev1.ResourceMemory]; !ok || lim.Cmp(res.Requests[corev1.ResourceMemory]) < 0 {
+		t.Errorf("resources.limits.memory = %v: want a limit at or above the request %v", lim.String(), res.Requests.Memory().String())
+	}
 	if _, ok := res.Limits[corev1.ResourceCPU]; ok {
 		t.Error("a CPU limit throttles forkwatch during a storm and loses events: remove it")
-	}
-	if len(res.Requests) != 2 || len(res.Limits) != 1 {
-		t.Errorf("resources = %+v, want exactly requests cpu+memory and limits memory", res)
 	}
 
 	// Probes: HTTP on the metrics port, never exec (a fork, which fails on a node out of PIDs).
@@ -1275,10 +1274,46 @@ func TestDockerfile(t *testing.T) {
 	if user != "0:0" {
 		t.Errorf("USER %q, want 0:0 (BPF needs root, see the Dockerfile)", user)
 	}
-	for _, s := range []string{"CGO_ENABLED=0", "go build -trimpath", `-ldflags "-s -w -X main.version=`, "./cmd/forkwatch", "ENTRYPOINT"} {
+	for _, s := range []string{"CGO_ENABLED=0", "./cmd/forkwatch", "ENTRYPOINT"} {
 		if !strings.Contains(df, s) {
 			t.Errorf("Dockerfile lacks %q", s)
 		}
+	}
+}
+
+// The image's version is what forkwatch says it is: the Dockerfile's own go
+// build command, run here with a VERSION, makes a binary whose --version
+// (and so forkwatch_build_info, from the same variable) carries it.
+func TestDockerfileStampsTheVersion(t *testing.T) {
+	df := string(readFile(t, "Dockerfile"))
+	// The RUN line with go build, its continuations joined.
+	var build string
+	lines := strings.Split(df, "\n")
+	for i := 0; i < len(lines); i++ {
+		l := strings.TrimSpace(lines[i])
+		if !strings.HasPrefix(l, "RUN ") || !strings.Contains(l, "go build") {
+			continue
+		}
+		build = strings.TrimPrefix(l, "RUN ")
+		for strings.HasSuffix(build, "\\") && i+1 < len(lines) {
+			i++
+			build = strings.TrimSuffix(build, "\\") + " " + strings.TrimSpace(lines[i])
+		}
+	}
+	if build == "" {
+		t.Fatal("no RUN ... go build line in the Dockerfile")
+	}
+	bin := filepath.Join(t.TempDir(), "forkwatch")
+	build = strings.ReplaceAll(build, "${VERSION}", "v9.8.7-test")
+	build = strings.ReplaceAll(build, "/out/forkwatch", bin)
+	cmd := exec.Command("sh", "-c", build)
+	cmd.Dir = ".." // the Dockerfile builds from the repository's root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("the Dockerfile's build (%s): %v\n%s", build, err, out)
+	}
+	out, err := exec.Command(bin, "--version").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "forkwatch v9.8.7-test" {
+		t.Fatalf("forkwatch --version = %q, %v; want the version the Dockerfile stamped", out, err)
 	}
 }
 

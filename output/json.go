@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/forkwatch/forkwatch/output/node"
 	"github.com/forkwatch/forkwatch/tracer"
 )
 
@@ -50,10 +51,10 @@ func (j *JSON) Attached(mode tracer.Mode, attached []tracer.Attachment) error {
 }
 
 // Failure writes one fork_failed object.
-func (j *JSON) Failure(f *tracer.Failure) error { return j.enc.Encode(f) }
+func (j *JSON) Failure(f *node.Failure) error { return j.enc.Encode(f) }
 
 // Task writes one task_created or task_exited object.
-func (j *JSON) Task(ev *tracer.TaskEvent) error { return j.enc.Encode(ev) }
+func (j *JSON) Task(ev *node.TaskEvent) error { return j.enc.Encode(ev) }
 
 type lostEvent struct {
 	Time  time.Time `json:"time"`

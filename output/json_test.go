@@ -9,7 +9,8 @@ import (
 )
 
 // The JSON Lines objects are a contract (README "JSON output"): field names,
-// order and the shape of "limit" per cause.
+// their order (the kernel's record, then who made the call) and the shape of
+// "limit" per cause.
 func TestJSONFailureSchema(t *testing.T) {
 	var out bytes.Buffer
 	w := NewJSON(&out)
@@ -30,9 +31,9 @@ func TestJSONFailureSchema(t *testing.T) {
 		t.Fatalf("wrote before Flush: %q", out.String())
 	}
 	w.Flush(time.Time{})
-	want := `{"time":"2026-03-04T14:02:11Z","event":"fork_failed","syscall":"clone","errno":"EAGAIN","ret":-11,"pid":4121,"tid":4121,"uid":0,"comm":"calico-node","cgroup":"/kubepods/burstable/pod1/ctr","pod":{"namespace":"kube-system","name":"calico-node-56bgm","uid":"1"},"container_id":"0a1b","cause":"pids_cgroup","limit":{"cgroup":"/kubepods","current":49152,"max":49152}}
-{"time":"2026-03-04T14:02:12Z","event":"fork_failed","syscall":"clone","errno":"EAGAIN","ret":-11,"pid":4121,"tid":4121,"uid":0,"comm":"calico-node","cgroup":"/kubepods/burstable/pod1/ctr","owner":"kubelet.service","cause":"rlimit_nproc","limit":{"uid":1000,"current":5,"max":5}}
-{"time":"2026-03-04T14:02:13Z","event":"fork_failed","syscall":"clone","errno":"EAGAIN","ret":-11,"pid":4121,"tid":4121,"uid":0,"comm":"calico-node","cgroup":"/kubepods/burstable/pod1/ctr","pod":{"namespace":"kube-system","name":"calico-node-56bgm","uid":"1"},"cause":"unknown"}
+	want := `{"time":"2026-03-04T14:02:11Z","event":"fork_failed","syscall":"clone","errno":"EAGAIN","ret":-11,"pid":4121,"tid":4121,"uid":0,"comm":"calico-node","cgroup":"/kubepods/burstable/pod1/ctr","cause":"pids_cgroup","limit":{"cgroup":"/kubepods","current":49152,"max":49152},"pod":{"namespace":"kube-system","name":"calico-node-56bgm","uid":"1"},"container_id":"0a1b"}
+{"time":"2026-03-04T14:02:12Z","event":"fork_failed","syscall":"clone","errno":"EAGAIN","ret":-11,"pid":4121,"tid":4121,"uid":0,"comm":"calico-node","cgroup":"/kubepods/burstable/pod1/ctr","cause":"rlimit_nproc","limit":{"uid":1000,"current":5,"max":5},"owner":"kubelet.service"}
+{"time":"2026-03-04T14:02:13Z","event":"fork_failed","syscall":"clone","errno":"EAGAIN","ret":-11,"pid":4121,"tid":4121,"uid":0,"comm":"calico-node","cgroup":"/kubepods/burstable/pod1/ctr","cause":"unknown","pod":{"namespace":"kube-system","name":"calico-node-56bgm","uid":"1"}}
 {"time":"2026-03-04T14:02:14Z","event":"events_lost","count":3,"total":7}
 `
 	if out.String() != want {

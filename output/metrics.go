@@ -7,14 +7,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/forkwatch/forkwatch/output/node"
+	"github.com/forkwatch/forkwatch/output/node/kube"
+	"github.com/forkwatch/forkwatch/output/node/rates"
 	"github.com/forkwatch/forkwatch/tracer"
-	"github.com/forkwatch/forkwatch/tracer/kube"
-	"github.com/forkwatch/forkwatch/tracer/limits"
-	"github.com/forkwatch/forkwatch/tracer/rates"
 )
-
-// Version is forkwatch's version, set at build time.
-var Version = "dev"
 
 // podSeriesGrace is how long the series of a pod that is gone stay: long
 // enough for Prometheus to scrape the last increments, short enough that
@@ -22,33 +19,31 @@ var Version = "dev"
 const podSeriesGrace = 5 * time.Minute
 
 // maxOwnerSeries bounds the failure series of callers outside pods (one per
-// systemd unit or session scope that failed to fork).
+// systemd unit or session scope that failed to fork); what is beyond it is
+// counted in forkwatch_failure_series_dropped_total.
 const maxOwnerSeries = 1000
 
-// Source is what the metrics read from the tracer at scrape time.
-type Source interface {
-	TaskCounts() (map[uint64]tracer.TaskCounts, error)
-	EventsLost() (uint64, error)
-	MissedRuns() map[string]uint64
-	Mode() tracer.Mode
-	Attached() []tracer.Attachment
-}
-
-// Metrics is a Prometheus collector over forkwatch's kernel maps (read at
-// scrape time), the failures it was handed and the latest per-pod sample.
-// It is also a Writer, so it sits beside the text or JSON output.
+// Metrics is a Prometheus collector. It renders what is already known — the
+// sampler's latest snapshot, the failures the event reader handed over, the
+// attachments — and reads no file and no map at scrape time: a slow or
+// frequent scrape costs the event reader nothing. It is also a Writer, so
+// it sits beside the text or JSON output.
 type Metrics struct {
-	src   Source
-	root  tracer.CgroupRoot
-	paths *tracer.CgroupPaths
-	attr  *tracer.Attributor
-	now   func() time.Time
+	attached []tracer.Attachment
+	version  string
+	now      func() time.Time
 
-	mu           sync.Mutex
-	failures     map[failureKey]*failureSeries
-	snap         *tracer.Snapshot
-	podSeen      map[string]time.Time // pod UID → last time a cgroup of it was seen
-	scrapeErrors uint64
+	// snap is the latest snapshot, replaced whole once a second.
+	snapMu sync.Mutex
+	snap   *node.Snapshot
+
+	// failures are counted as the reader hands them over; Collect copies
+	// them under the same short lock.
+	mu            sync.Mutex
+	failures      map[failureKey]*failureSeries
+	podSeen       map[string]time.Time // pod UID → last snapshot it was in
+	droppedSeries uint64
+	badRecords    uint64
 }
 
 type failureKey struct {
@@ -61,11 +56,11 @@ type failureSeries struct {
 	last   time.Time
 }
 
-// NewMetrics returns the collector; paths names the cgroups of the hierarchy
-// mounted at root.
-func NewMetrics(src Source, root tracer.CgroupRoot, paths *tracer.CgroupPaths, attr *tracer.Attributor) *Metrics {
+// NewMetrics returns the collector for a tracer attached as attached;
+// version is forkwatch's, for forkwatch_build_info.
+func NewMetrics(attached []tracer.Attachment, version string) *Metrics {
 	return &Metrics{
-		src: src, root: root, paths: paths, attr: attr, now: time.Now,
+		attached: attached, version: version, now: time.Now,
 		failures: map[failureKey]*failureSeries{}, podSeen: map[string]time.Time{},
 	}
 }
@@ -84,162 +79,131 @@ var (
 	descTasks       = prometheus.NewDesc("forkwatch_node_tasks", "Tasks (threads) on the node.", nil, nil)
 	descExhaustion  = prometheus.NewDesc("forkwatch_seconds_to_exhaustion", "Seconds until the limit runs out at its net growth over the last 10 s; present while it grows.", []string{"limit"}, nil)
 	descLeak        = prometheus.NewDesc("forkwatch_leak_suspect", "1 while a pod is flagged as spiking (leak, burst or headroom; see README).", []string{"namespace", "pod", "reason"}, nil)
-	descLost        = prometheus.NewDesc("forkwatch_events_lost_total", "Events the kernel could not hand over because the ring buffer was full.", nil, nil)
+	descLost        = prometheus.NewDesc("forkwatch_events_lost_total", "Failures that may have gone unreported: records the kernel could not hand over (a full ring or perf buffer), fork-path returns a kretprobe missed, and skipped runs of the failure programs.", nil, nil)
 	descMissedRuns  = prometheus.NewDesc("forkwatch_program_runs_missed_total", "Runs of a BPF program the kernel skipped because it was already running on that CPU (kernels 5.12+ count them): failures, creations or exits not seen.", []string{"program"}, nil)
 	descAttached    = prometheus.NewDesc("forkwatch_probe_attached", "1 for each BPF program attached, with its hook and the mode it belongs to.", []string{"program", "hook", "mode"}, nil)
 	descBuild       = prometheus.NewDesc("forkwatch_build_info", "forkwatch's version and Go version.", []string{"version", "goversion"}, nil)
-	descScrapeErr   = prometheus.NewDesc("forkwatch_scrape_errors_total", "Errors reading the kernel's maps or the cgroup files at scrape time.", nil, nil)
+	descSampleErr   = prometheus.NewDesc("forkwatch_scrape_errors_total", "Errors reading the kernel's counters or the proc and cgroup files forkwatch samples once a second (what could not be read is missing from that second's series).", nil, nil)
+	descBadRecords  = prometheus.NewDesc("forkwatch_records_undecodable_total", "Records from the kernel forkwatch could not decode and skipped (each also a warning on stderr).", nil, nil)
+	descDropped     = prometheus.NewDesc("forkwatch_failure_series_dropped_total", "Failures not given a series of their own because callers outside pods already have 1000: counted here instead.", nil, nil)
 )
 
 // Describe sends the descriptors of every metric.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFailures, descDenied, descCreated, descExited, descRate, descPidsCurrent, descPidsMax,
-		descPidMax, descThreadsMax, descTasks, descExhaustion, descLeak, descLost, descMissedRuns, descAttached, descBuild, descScrapeErr} {
+		descPidMax, descThreadsMax, descTasks, descExhaustion, descLeak, descLost, descMissedRuns, descAttached, descBuild,
+		descSampleErr, descBadRecords, descDropped} {
 		ch <- d
 	}
 }
 
-// Collect reads the maps and files now.
+// Collect renders the latest snapshot and the failure counts.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	m.snapMu.Lock()
+	s := m.snap
+	m.snapMu.Unlock()
+
+	m.collectFailures(ch)
+	if s != nil {
+		collectSnapshot(ch, s)
+	}
+	for _, a := range m.attached {
+		ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1, a.Program, a.Hook, string(a.Mode))
+	}
+	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, m.version, runtime.Version())
+}
+
+// collectFailures renders the failure and denial counts; series of pods
+// gone for longer than the grace period are dropped.
+func (m *Metrics) collectFailures(ch chan<- prometheus.Metric) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.now()
-	fail := func(err error) bool {
-		if err != nil {
-			m.scrapeErrors++
-		}
-		return err != nil
-	}
-
-	// Creations and exits, per container, from the kernel's counters.
-	if counts, err := m.src.TaskCounts(); !fail(err) {
-		type key struct{ ns, pod, ctr string }
-		sums := map[key]tracer.TaskCounts{}
-		for id, c := range counts {
-			path, ok := m.paths.Path(id)
-			if !ok {
-				continue
-			}
-			w := m.attr.Resolve(path)
-			// Tasks outside pods add up in the series with empty labels.
-			k := key{ctr: shortID(w.ContainerID)}
-			if w.Pod != nil {
-				k.ns, k.pod = w.Pod.Namespace, podName(w.Pod)
-				m.podSeen[w.Pod.UID] = now
-			}
-			s := sums[k]
-			s.ThreadsCreated += c.ThreadsCreated
-			s.ProcessesCreated += c.ProcessesCreated
-			s.ThreadsExited += c.ThreadsExited
-			s.ProcessesExited += c.ProcessesExited
-			sums[k] = s
-		}
-		for k, s := range sums {
-			ch <- prometheus.MustNewConstMetric(descCreated, prometheus.CounterValue, float64(s.ThreadsCreated), k.ns, k.pod, k.ctr, "thread")
-			ch <- prometheus.MustNewConstMetric(descCreated, prometheus.CounterValue, float64(s.ProcessesCreated), k.ns, k.pod, k.ctr, "process")
-			ch <- prometheus.MustNewConstMetric(descExited, prometheus.CounterValue, float64(s.ThreadsExited), k.ns, k.pod, k.ctr, "thread")
-			ch <- prometheus.MustNewConstMetric(descExited, prometheus.CounterValue, float64(s.ProcessesExited), k.ns, k.pod, k.ctr, "process")
-		}
-	}
-
-	// Failures, as handed over by the event reader; series of pods gone
-	// for longer than the grace period are dropped.
-	for k, s := range m.failures {
-		if s.podUID != "" && now.Sub(maxTime(m.podSeen[s.podUID], s.last)) > podSeriesGrace {
+	for k, f := range m.failures {
+		if f.podUID != "" && now.Sub(maxTime(m.podSeen[f.podUID], f.last)) > podSeriesGrace {
 			delete(m.failures, k)
 			continue
 		}
 		if k.cause == string(tracer.CauseDenied) {
-			ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(s.count), k.namespace, k.pod, k.container)
+			ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(f.count), k.namespace, k.pod, k.container)
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(s.count), k.namespace, k.pod, k.container, k.cause, k.limitCgroup)
+		ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(f.count), k.namespace, k.pod, k.container, k.cause, k.limitCgroup)
 	}
 	for uid, seen := range m.podSeen {
 		if now.Sub(seen) > podSeriesGrace {
 			delete(m.podSeen, uid)
 		}
 	}
+	ch <- prometheus.MustNewConstMetric(descBadRecords, prometheus.CounterValue, float64(m.badRecords))
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(m.droppedSeries))
+}
 
-	// The latest per-second sample: rate histograms, leak suspects, forecasts.
-	if s := m.snap; s != nil {
-		for i := range s.Pods {
-			p := &s.Pods[i]
-			if p.Pod == nil {
-				continue
-			}
-			ch <- prometheus.MustNewConstHistogram(descRate, p.Histogram.Count, p.Histogram.Sum, cumulative(p.Histogram), p.Pod.Namespace, podName(p.Pod))
-			if p.Spiking {
-				ch <- prometheus.MustNewConstMetric(descLeak, prometheus.GaugeValue, 1, p.Pod.Namespace, podName(p.Pod), p.Reason)
-			}
+// collectSnapshot renders one second of the node.
+func collectSnapshot(ch chan<- prometheus.Metric, s *node.Snapshot) {
+	// Containers of a pod recreated under its name (a StatefulSet's), or
+	// IDs alike in their first 12 characters, share labels: one series.
+	type key struct{ ns, pod, ctr string }
+	sums := map[key]tracer.TaskCounts{}
+	for _, c := range s.Containers {
+		var k key
+		if c.Pod != nil {
+			k = key{c.Pod.Namespace, podName(c.Pod), shortID(c.ContainerID)}
 		}
-		for _, f := range s.Forecasts {
-			if f.HasForecast {
-				ch <- prometheus.MustNewConstMetric(descExhaustion, prometheus.GaugeValue, f.SecondsLeft, f.Limit)
-			}
-		}
+		sum := sums[k]
+		sum.Add(c.Counts)
+		sums[k] = sum
+	}
+	for k, c := range sums {
+		ch <- prometheus.MustNewConstMetric(descCreated, prometheus.CounterValue, float64(c.ThreadsCreated), k.ns, k.pod, k.ctr, "thread")
+		ch <- prometheus.MustNewConstMetric(descCreated, prometheus.CounterValue, float64(c.ProcessesCreated), k.ns, k.pod, k.ctr, "process")
+		ch <- prometheus.MustNewConstMetric(descExited, prometheus.CounterValue, float64(c.ThreadsExited), k.ns, k.pod, k.ctr, "thread")
+		ch <- prometheus.MustNewConstMetric(descExited, prometheus.CounterValue, float64(c.ProcessesExited), k.ns, k.pod, k.ctr, "process")
 	}
 
-	if node, err := limits.ReadNode("/proc"); !fail(err) {
-		ch <- prometheus.MustNewConstMetric(descPidMax, prometheus.GaugeValue, float64(node.PidMax))
-		ch <- prometheus.MustNewConstMetric(descThreadsMax, prometheus.GaugeValue, float64(node.ThreadsMax))
-		ch <- prometheus.MustNewConstMetric(descTasks, prometheus.GaugeValue, float64(node.Tasks))
-	}
-	if tree, err := limits.Tree(m.root.Path, 4); !fail(err) {
-		for _, p := range tree {
-			if !boundsPods(p.Path) {
-				continue
-			}
-			if p.Current >= 0 {
-				ch <- prometheus.MustNewConstMetric(descPidsCurrent, prometheus.GaugeValue, float64(p.Current), p.Path)
-			}
-			if p.Max >= 0 {
-				ch <- prometheus.MustNewConstMetric(descPidsMax, prometheus.GaugeValue, float64(p.Max), p.Path)
-			}
+	seenPod := map[[2]string]bool{}
+	for i := range s.Pods {
+		p := &s.Pods[i]
+		if p.Pod == nil {
+			continue
+		}
+		labels := [2]string{p.Pod.Namespace, podName(p.Pod)}
+		if seenPod[labels] {
+			continue // a pod recreated under its name: its newest history
+		}
+		seenPod[labels] = true
+		ch <- prometheus.MustNewConstHistogram(descRate, p.Histogram.Count, p.Histogram.Sum, cumulative(p.Histogram), labels[0], labels[1])
+		if p.Spiking {
+			ch <- prometheus.MustNewConstMetric(descLeak, prometheus.GaugeValue, 1, labels[0], labels[1], p.Reason)
 		}
 	}
-	if lost, err := m.src.EventsLost(); !fail(err) {
-		ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(lost))
+	for _, f := range s.Forecasts {
+		if f.HasForecast {
+			ch <- prometheus.MustNewConstMetric(descExhaustion, prometheus.GaugeValue, f.SecondsLeft, f.Limit)
+		}
 	}
-	for prog, n := range m.src.MissedRuns() {
+	if s.Node.PidMax > 0 {
+		ch <- prometheus.MustNewConstMetric(descPidMax, prometheus.GaugeValue, float64(s.Node.PidMax))
+		ch <- prometheus.MustNewConstMetric(descThreadsMax, prometheus.GaugeValue, float64(s.Node.ThreadsMax))
+		ch <- prometheus.MustNewConstMetric(descTasks, prometheus.GaugeValue, float64(s.Node.Tasks))
+	}
+	for _, p := range s.Cgroups {
+		if p.Current >= 0 {
+			ch <- prometheus.MustNewConstMetric(descPidsCurrent, prometheus.GaugeValue, float64(p.Current), p.Path)
+		}
+		if p.Max >= 0 {
+			ch <- prometheus.MustNewConstMetric(descPidsMax, prometheus.GaugeValue, float64(p.Max), p.Path)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(s.EventsLost))
+	for prog, n := range s.MissedRuns {
 		ch <- prometheus.MustNewConstMetric(descMissedRuns, prometheus.CounterValue, float64(n), prog)
 	}
-	for _, a := range m.src.Attached() {
-		ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1, a.Program, a.Hook, string(a.Mode))
-	}
-	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, Version, runtime.Version())
-	ch <- prometheus.MustNewConstMetric(descScrapeErr, prometheus.CounterValue, float64(m.scrapeErrors))
+	ch <- prometheus.MustNewConstMetric(descSampleErr, prometheus.CounterValue, float64(s.Errors))
 }
 
-// boundsPods reports whether a cgroup is one whose pids.max bounds pods:
-// the root, kubepods (either driver), its QoS classes, or a pod.
-func boundsPods(path string) bool {
-	if path == "/" {
-		return true
-	}
-	info := kube.ParseCgroupPath(path)
-	if info.PodUID != "" {
-		return info.PodCgroup == path
-	}
-	switch info.Owner {
-	case "kubepods", "kubepods.slice", "burstable", "besteffort", "kubepods-burstable.slice", "kubepods-besteffort.slice":
-		return true
-	}
-	return false
-}
-
-func cumulative(h rates.Histogram) map[float64]uint64 {
-	out := make(map[float64]uint64, len(rates.Buckets))
-	var sum uint64
-	for i, b := range rates.Buckets {
-		sum += h.Counts[i]
-		out[b] = sum
-	}
-	return out
-}
-
-// podName is the pod's name, or its UID when kubelet's log directory did
-// not name it.
+// podName is the pod's name, or its UID when kubelet's log directory never
+// named it.
 func podName(p *kube.Pod) string {
 	if p.Name != "" {
 		return p.Name
@@ -263,11 +227,11 @@ func maxTime(a, b time.Time) time.Time {
 	return b
 }
 
-// Attached is a no-op: the attachments are read at scrape time.
+// Attached is a no-op: the attachments were given to NewMetrics.
 func (m *Metrics) Attached(tracer.Mode, []tracer.Attachment) error { return nil }
 
-// Failure counts one failure.
-func (m *Metrics) Failure(f *tracer.Failure) error {
+// Failure counts one failure (or denial).
+func (m *Metrics) Failure(f *node.Failure) error {
 	k := failureKey{container: shortID(f.ContainerID), cause: string(f.Cause)}
 	uid := ""
 	if f.Pod != nil {
@@ -281,6 +245,7 @@ func (m *Metrics) Failure(f *tracer.Failure) error {
 	s, ok := m.failures[k]
 	if !ok {
 		if uid == "" && m.ownerSeries() >= maxOwnerSeries {
+			m.droppedSeries++
 			return nil
 		}
 		s = &failureSeries{podUID: uid}
@@ -301,16 +266,31 @@ func (m *Metrics) ownerSeries() int {
 	return n
 }
 
-// Task is a no-op: creations and exits are counted in the kernel.
-func (m *Metrics) Task(*tracer.TaskEvent) error { return nil }
+// BadRecord counts a record the reader could not decode and skipped.
+func (m *Metrics) BadRecord() {
+	m.mu.Lock()
+	m.badRecords++
+	m.mu.Unlock()
+}
 
-// EventsLost is a no-op: the kernel's counter is read at scrape time.
+// Task is a no-op: creations and exits are counted in the kernel.
+func (m *Metrics) Task(*node.TaskEvent) error { return nil }
+
+// EventsLost is a no-op: the snapshot carries the kernel's count.
 func (m *Metrics) EventsLost(time.Time, uint64, uint64) error { return nil }
 
-// Rates keeps the latest sample for the next scrape.
-func (m *Metrics) Rates(s *tracer.Snapshot, _ bool) error {
-	m.mu.Lock()
+// Rates keeps the latest snapshot for the next scrape, and notes which
+// pods are still there.
+func (m *Metrics) Rates(s *node.Snapshot, _ bool) error {
+	m.snapMu.Lock()
 	m.snap = s
+	m.snapMu.Unlock()
+	m.mu.Lock()
+	for _, c := range s.Containers {
+		if c.Pod != nil {
+			m.podSeen[c.Pod.UID] = s.Time
+		}
+	}
 	m.mu.Unlock()
 	return nil
 }
@@ -320,6 +300,16 @@ func (m *Metrics) Flush(time.Time) error { return nil }
 
 // Close is a no-op.
 func (m *Metrics) Close() error { return nil }
+
+func cumulative(h rates.Histogram) map[float64]uint64 {
+	out := make(map[float64]uint64, len(rates.Buckets))
+	var sum uint64
+	for i, b := range rates.Buckets {
+		sum += h.Counts[i]
+		out[b] = sum
+	}
+	return out
+}
 
 // Tee sends every event to each writer in turn.
 type Tee []Writer
@@ -336,16 +326,16 @@ func (t Tee) each(f func(Writer) error) error {
 func (t Tee) Attached(mode tracer.Mode, a []tracer.Attachment) error {
 	return t.each(func(w Writer) error { return w.Attached(mode, a) })
 }
-func (t Tee) Failure(f *tracer.Failure) error {
+func (t Tee) Failure(f *node.Failure) error {
 	return t.each(func(w Writer) error { return w.Failure(f) })
 }
-func (t Tee) Task(ev *tracer.TaskEvent) error {
+func (t Tee) Task(ev *node.TaskEvent) error {
 	return t.each(func(w Writer) error { return w.Task(ev) })
 }
 func (t Tee) EventsLost(at time.Time, delta, total uint64) error {
 	return t.each(func(w Writer) error { return w.EventsLost(at, delta, total) })
 }
-func (t Tee) Rates(s *tracer.Snapshot, periodic bool) error {
+func (t Tee) Rates(s *node.Snapshot, periodic bool) error {
 	return t.each(func(w Writer) error { return w.Rates(s, periodic) })
 }
 func (t Tee) Flush(now time.Time) error { return t.each(func(w Writer) error { return w.Flush(now) }) }

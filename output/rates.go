@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/forkwatch/forkwatch/tracer"
-	"github.com/forkwatch/forkwatch/tracer/kube"
+	"github.com/forkwatch/forkwatch/output/node"
+	"github.com/forkwatch/forkwatch/output/node/kube"
 )
 
 // topPods is how many pods the text views rank.
@@ -59,11 +59,11 @@ type podRatesJSON struct {
 }
 
 type ratesJSON struct {
-	Time      time.Time         `json:"time"`
-	Event     string            `json:"event"`
-	Node      nodeJSON          `json:"node"`
-	Pods      []podRatesJSON    `json:"pods"`
-	Forecasts []tracer.Forecast `json:"forecasts"`
+	Time      time.Time       `json:"time"`
+	Event     string          `json:"event"`
+	Node      nodeJSON        `json:"node"`
+	Pods      []podRatesJSON  `json:"pods"`
+	Forecasts []node.Forecast `json:"forecasts"`
 }
 
 type nodeJSON struct {
@@ -72,7 +72,7 @@ type nodeJSON struct {
 	Tasks      int64 `json:"tasks"`
 }
 
-func limitOf(ps *tracer.PodStats) *limitJSON {
+func limitOf(ps *node.PodStats) *limitJSON {
 	if ps.Limit == nil {
 		return nil
 	}
@@ -80,7 +80,7 @@ func limitOf(ps *tracer.PodStats) *limitJSON {
 }
 
 // Rates writes spike transitions at once and, when periodic, a rates object.
-func (j *JSON) Rates(s *tracer.Snapshot, periodic bool) error {
+func (j *JSON) Rates(s *node.Snapshot, periodic bool) error {
 	for _, tr := range s.Transitions {
 		p := &tr.Pod
 		state := "stop"
@@ -118,7 +118,7 @@ func (j *JSON) Rates(s *tracer.Snapshot, periodic bool) error {
 // Rates prints spike transitions as they happen and, when periodic, a
 // ranked summary; on a terminal (Live) it redraws a top-like table every
 // second instead, with the latest failures below it.
-func (t *Text) Rates(s *tracer.Snapshot, periodic bool) error {
+func (t *Text) Rates(s *node.Snapshot, periodic bool) error {
 	if t.Live {
 		for _, tr := range s.Transitions {
 			t.remember(spikeLine(s.Time, &tr))
@@ -135,7 +135,7 @@ func (t *Text) Rates(s *tracer.Snapshot, periodic bool) error {
 	return t.w.Flush()
 }
 
-func spikeLine(at time.Time, tr *tracer.SpikeTransition) string {
+func spikeLine(at time.Time, tr *node.SpikeTransition) string {
 	p := &tr.Pod
 	if !tr.Start {
 		return fmt.Sprintf("%s  SPIKE OVER  %s  now %s/s, net %+.0f/s", at.Format("15:04:05"), Who(p.Cgroup, p.Who), num(p.Rate1s), p.Net10s)
@@ -152,7 +152,7 @@ func spikeLine(at time.Time, tr *tracer.SpikeTransition) string {
 }
 
 // writeTable writes the ranked pods and the limits' forecasts.
-func writeTable(w io.StringWriter, s *tracer.Snapshot) {
+func writeTable(w io.StringWriter, s *node.Snapshot) {
 	w.WriteString(fmt.Sprintf("  %-40s %8s %8s %8s %8s %8s %8s %8s %7s  %s\n",
 		"POD", "NOW/s", "10s", "60s", "NET/s", "p50", "p99", "max", "TASKS", "NEAREST LIMIT"))
 	for i := range s.Pods {
@@ -220,7 +220,7 @@ func (t *Text) remember(line string) {
 }
 
 // redraw clears the terminal and draws the live view.
-func (t *Text) redraw(s *tracer.Snapshot) error {
+func (t *Text) redraw(s *node.Snapshot) error {
 	var b strings.Builder
 	b.WriteString("\x1b[H\x1b[2J") // home, clear
 	fmt.Fprintf(&b, "forkwatch  %s  node: %d tasks, pid_max %d, threads-max %d  (Ctrl-C to quit)\n\n",

@@ -5,33 +5,33 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/forkwatch/forkwatch/tracer"
-	"github.com/forkwatch/forkwatch/tracer/kube"
-	"github.com/forkwatch/forkwatch/tracer/limits"
-	"github.com/forkwatch/forkwatch/tracer/rates"
+	"github.com/forkwatch/forkwatch/output/node"
+	"github.com/forkwatch/forkwatch/output/node/kube"
+	"github.com/forkwatch/forkwatch/output/node/limits"
+	"github.com/forkwatch/forkwatch/output/node/rates"
 )
 
-func snapshot() *tracer.Snapshot {
-	leaker := tracer.PodStats{
+func snapshot() *node.Snapshot {
+	leaker := node.PodStats{
 		Stats: rates.Stats{Key: "pod:1", Rate1s: 300, Rate10s: 290, Rate60s: 120, Net1s: 280, Net10s: 280, Net60s: 90,
 			P50: 50, P99: 300, Max: 310, Tasks: 4120, Limit: &rates.Limit{Name: "/kubepods", Headroom: 52},
 			Spiking: true, Reason: "leak", Baseline: 10},
-		Who:    tracer.Who{Pod: &kube.Pod{Namespace: "shop", Name: "cart-7d9", UID: "1"}},
+		Who:    node.Who{Pod: &kube.Pod{Namespace: "shop", Name: "cart-7d9", UID: "1"}},
 		Cgroup: "/kubepods/burstable/pod1",
 	}
-	pool := tracer.PodStats{
+	pool := node.PodStats{
 		Stats:  rates.Stats{Key: "pod:2", Rate1s: 21000, Rate10s: 20500, Rate60s: 20100, P50: 20000, P99: 22000, Max: 23000, Tasks: 12},
-		Who:    tracer.Who{Pod: &kube.Pod{Namespace: "batch", Name: "workers-0", UID: "2"}},
+		Who:    node.Who{Pod: &kube.Pod{Namespace: "batch", Name: "workers-0", UID: "2"}},
 		Cgroup: "/kubepods/besteffort/pod2",
 	}
-	return &tracer.Snapshot{
+	return &node.Snapshot{
 		Time: t0, Node: limits.Node{PidMax: 32768, ThreadsMax: 192730, Tasks: 32000},
-		Pods: []tracer.PodStats{pool, leaker},
-		Forecasts: []tracer.Forecast{
+		Pods: []node.PodStats{pool, leaker},
+		Forecasts: []node.Forecast{
 			{Limit: "/kubepods", Current: 49100, Max: 49152, Growth: 280, SecondsLeft: 0.19, HasForecast: true},
 			{Limit: "pid_max", Current: 32000, Max: 32768, Growth: 0},
 		},
-		Transitions: []tracer.SpikeTransition{{Start: true, Pod: leaker}},
+		Transitions: []node.SpikeTransition{{Start: true, Pod: leaker}},
 	}
 }
 
@@ -78,7 +78,7 @@ func TestTextRatesSummary(t *testing.T) {
 		t.Errorf("pods not in the order given (fastest first):\n%s", got)
 	}
 	out.Reset()
-	w.Rates(&tracer.Snapshot{Time: t0}, false)
+	w.Rates(&node.Snapshot{Time: t0}, false)
 	if out.Len() != 0 {
 		t.Errorf("printed a summary off the interval: %q", out.String())
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/forkwatch/forkwatch/output/node"
 	"github.com/forkwatch/forkwatch/tracer"
 )
 
@@ -56,7 +57,7 @@ type foldKey struct {
 type fold struct {
 	first, last time.Time
 	count       int
-	f           tracer.Failure
+	f           node.Failure
 }
 
 // NewText returns a text writer on w.
@@ -83,7 +84,7 @@ func (t *Text) Attached(mode tracer.Mode, attached []tracer.Attachment) error {
 }
 
 // Failure holds the failure back until its burst ends (see Flush).
-func (t *Text) Failure(f *tracer.Failure) error {
+func (t *Text) Failure(f *node.Failure) error {
 	k := foldKey{pid: f.PID, tid: f.TID, syscall: f.Syscall, errno: f.Errno, cause: f.Cause}
 	if l := f.Limit; l != nil {
 		k.limitCgroup, k.limitNS = l.Cgroup, l.PIDNamespace
@@ -102,7 +103,7 @@ func (t *Text) Failure(f *tracer.Failure) error {
 //
 //	14:02:11  + thread   java[88123] tid 88200 (shop/cart-7d9)
 //	14:02:12  calico-node[4121] (kube-system/calico-node-56bgm) exited (code 2) 180 ms after 20 failed clones
-func (t *Text) Task(ev *tracer.TaskEvent) error {
+func (t *Text) Task(ev *node.TaskEvent) error {
 	var b strings.Builder
 	b.WriteString(ev.Time.Format("15:04:05"))
 	b.WriteString("  ")
@@ -132,7 +133,7 @@ func (t *Text) Task(ev *tracer.TaskEvent) error {
 	return nil
 }
 
-func exitText(ev *tracer.TaskEvent) string {
+func exitText(ev *node.TaskEvent) string {
 	if ev.Signal != "" {
 		return "killed by " + ev.Signal
 	}
@@ -214,7 +215,7 @@ func (t *Text) line(fd *fold) string {
 
 // Who names a task: namespace/pod, the pod UID when kubelet's log
 // directory did not name it, or its cgroup's owner (e.g. kubelet.service).
-func Who(cgroup string, w tracer.Who) string {
+func Who(cgroup string, w node.Who) string {
 	switch {
 	case w.Pod != nil && w.Pod.Name != "":
 		return w.Pod.Namespace + "/" + w.Pod.Name
@@ -226,7 +227,7 @@ func Who(cgroup string, w tracer.Who) string {
 	return cgroup
 }
 
-func (t *Text) limitText(f *tracer.Failure) string {
+func (t *Text) limitText(f *node.Failure) string {
 	l := f.Limit
 	switch {
 	case f.Cause == tracer.CausePidsCgroup && l != nil:

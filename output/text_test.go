@@ -6,20 +6,23 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forkwatch/forkwatch/output/node"
+	"github.com/forkwatch/forkwatch/output/node/kube"
 	"github.com/forkwatch/forkwatch/tracer"
-	"github.com/forkwatch/forkwatch/tracer/kube"
 )
 
 var t0 = time.Date(2026, 3, 4, 14, 2, 11, 0, time.Local)
 
-func calicoFailure(at time.Time, tid uint32) *tracer.Failure {
-	return &tracer.Failure{
-		Time: at, Event: "fork_failed", Syscall: "clone", Errno: "EAGAIN", Ret: -11,
-		PID: 4121, TID: tid, Comm: "calico-node",
-		Cgroup: "/kubepods/burstable/pod1/ctr",
-		Who:    tracer.Who{Pod: &kube.Pod{Namespace: "kube-system", Name: "calico-node-56bgm", UID: "1"}},
-		Cause:  tracer.CausePidsCgroup,
-		Limit:  &tracer.Limit{Cgroup: "/kubepods", Current: 49152, Max: 49152},
+func calicoFailure(at time.Time, tid uint32) *node.Failure {
+	return &node.Failure{
+		Failure: tracer.Failure{
+			Time: at, Event: "fork_failed", Syscall: "clone", Errno: "EAGAIN", Ret: -11,
+			PID: 4121, TID: tid, Comm: "calico-node",
+			Cgroup: "/kubepods/burstable/pod1/ctr",
+			Cause:  tracer.CausePidsCgroup,
+			Limit:  &tracer.Limit{Cgroup: "/kubepods", Current: 49152, Max: 49152},
+		},
+		Who: node.Who{Pod: &kube.Pod{Namespace: "kube-system", Name: "calico-node-56bgm", UID: "1"}},
 	}
 }
 
@@ -143,10 +146,13 @@ func TestTextVictim(t *testing.T) {
 		w.Failure(calicoFailure(t0.Add(time.Duration(i)*time.Millisecond), 4130))
 	}
 	code := 2
-	w.Task(&tracer.TaskEvent{
-		Time: t0.Add(199 * time.Millisecond), Event: "task_exited", Kind: tracer.KindProcess,
-		PID: 4121, TID: 4121, Comm: "calico-node", Who: calicoFailure(t0, 1).Who,
-		ExitCode: &code, Failures: 20, FailedSyscall: "clone", LastFailure: t0.Add(19 * time.Millisecond),
+	w.Task(&node.TaskEvent{
+		TaskEvent: tracer.TaskEvent{
+			Time: t0.Add(199 * time.Millisecond), Event: "task_exited", Kind: tracer.KindProcess,
+			PID: 4121, TID: 4121, Comm: "calico-node",
+			ExitCode: &code, Failures: 20, FailedSyscall: "clone", LastFailure: t0.Add(19 * time.Millisecond),
+		},
+		Who: calicoFailure(t0, 1).Who,
 	})
 	w.Close()
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")

@@ -11,17 +11,31 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TaskCounts are successful task creations and exits in one cgroup.
+// TaskCounts are successful task creations and exits in one cgroup (or,
+// summed, in a pod or container), cumulative since forkwatch started.
 type TaskCounts struct {
 	ThreadsCreated, ProcessesCreated uint64
 	ThreadsExited, ProcessesExited   uint64
 }
 
+// Add adds o's counts to c.
+func (c *TaskCounts) Add(o TaskCounts) {
+	c.ThreadsCreated += o.ThreadsCreated
+	c.ProcessesCreated += o.ProcessesCreated
+	c.ThreadsExited += o.ThreadsExited
+	c.ProcessesExited += o.ProcessesExited
+}
+
+// Created is how many tasks were created, threads and processes.
+func (c TaskCounts) Created() uint64 { return c.ThreadsCreated + c.ProcessesCreated }
+
+// Exited is how many tasks exited, threads and processes.
+func (c TaskCounts) Exited() uint64 { return c.ThreadsExited + c.ProcessesExited }
+
+// add adds counts in the kernel's layout (structs.HostLayout sets them
+// apart from TaskCounts).
 func (c *TaskCounts) add(p forkwatchTaskCounts) {
-	c.ThreadsCreated += p.ThreadsCreated
-	c.ProcessesCreated += p.ProcessesCreated
-	c.ThreadsExited += p.ThreadsExited
-	c.ProcessesExited += p.ProcessesExited
+	c.Add(TaskCounts{p.ThreadsCreated, p.ProcessesCreated, p.ThreadsExited, p.ProcessesExited})
 }
 
 // countReader holds what reading the counters reuses: every CPU's slot

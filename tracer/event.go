@@ -71,9 +71,8 @@ type Failure struct {
 	UID     uint32    `json:"uid"`
 	Comm    string    `json:"comm"`
 	Cgroup  string    `json:"cgroup"`
-	Who
-	Cause Cause  `json:"cause"`
-	Limit *Limit `json:"limit,omitempty"`
+	Cause   Cause     `json:"cause"`
+	Limit   *Limit    `json:"limit,omitempty"`
 	// IntoCgroup is set when the fork was a clone3 with CLONE_INTO_CGROUP
 	// refused by the pids limit of the cgroup the child was to join (fentry
 	// mode sees it): Cgroup, the pod and the container are that cgroup's,
@@ -107,7 +106,6 @@ type TaskEvent struct {
 	UID       uint32    `json:"uid"`
 	Comm      string    `json:"comm"`
 	Cgroup    string    `json:"cgroup"`
-	Who
 	// task_exited: how it ended, as wait(2) tells a parent.
 	ExitCode *int   `json:"exit_code,omitempty"`
 	Signal   string `json:"signal,omitempty"`

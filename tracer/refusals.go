@@ -29,7 +29,7 @@ const (
 // (pids.events.local), unless mounted with pids_localevents; v1, older
 // kernels and pids_localevents count it in the cgroup of the forking task
 // (pids.events).
-func pidsEventsKind(types *btf.Spec, root CgroupRoot) (uint8, string) {
+func pidsEventsKind(types *btf.Spec, v2 bool, root string) (uint8, string) {
 	var pc *btf.Struct
 	if types == nil || types.TypeByName("pids_cgroup", &pc) != nil {
 		return pidsEventsNone, ""
@@ -44,7 +44,7 @@ func pidsEventsKind(types *btf.Spec, root CgroupRoot) (uint8, string) {
 	}
 	switch {
 	case has("events_local"):
-		if root.V2 && !mountOption(root.Path, "pids_localevents") {
+		if v2 && !mountOption(root, "pids_localevents") {
 			return pidsEventsLimit, "pids.events.local"
 		}
 		return pidsEventsForking, "pids.events"
@@ -85,8 +85,8 @@ func mountOption(dir, option string) bool {
 // seedRefusalCounts hands the BPF side the refusals each cgroup's pids
 // controller had counted before forkwatch attached: they were claimed by
 // failures forkwatch never saw. Only cgroups that ever refused get an entry.
-func seedRefusalCounts(m *ebpf.Map, root CgroupRoot, file string) error {
-	return filepath.WalkDir(root.Path, func(path string, d fs.DirEntry, err error) error {
+func seedRefusalCounts(m *ebpf.Map, root, file string) error {
+	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil // removed while walking

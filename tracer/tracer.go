@@ -10,7 +10,6 @@ import (
 	"maps"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,9 +66,14 @@ type Options struct {
 	// PerfBuffer hands records over through a perf event array even where
 	// the kernel has a BPF ring buffer (which arrived in 5.8).
 	PerfBuffer bool
-	// CgroupRoot is the pids hierarchy: where the pids controller's refusal
-	// counts are read at start (see seedRefusalCounts).
-	CgroupRoot CgroupRoot
+	// PidsRoot is the mount of the cgroup hierarchy holding the pids
+	// controller, and PidsV2 whether it is cgroup v2: where the pids
+	// controller's refusal counts are read at start (seedRefusalCounts).
+	PidsRoot string
+	PidsV2   bool
+	// PidMax and ThreadsMax are kernel.pid_max and kernel.threads-max now
+	// (see SetNodeLimits).
+	PidMax, ThreadsMax int64
 }
 
 // Attachment is one program attached to one kernel hook.
@@ -175,7 +179,7 @@ func New(opts Options) (t *Tracer, err error) {
 	if kernel == nil {
 		kernel, _ = cache.Kernel()
 	}
-	eventsKind, eventsFile := pidsEventsKind(kernel, opts.CgroupRoot)
+	eventsKind, eventsFile := pidsEventsKind(kernel, opts.PidsV2, opts.PidsRoot)
 	if err := specs.PidsEvents.Set(eventsKind); err != nil {
 		return nil, fmt.Errorf("configuring the refusal counts: %w", err)
 	}
@@ -199,11 +203,11 @@ func New(opts Options) (t *Tracer, err error) {
 	if err := l.loadMaps(); err != nil {
 		return nil, err
 	}
-	if err := t.refreshNodeLimits(); err != nil {
+	if err := t.SetNodeLimits(opts.PidMax, opts.ThreadsMax); err != nil {
 		return nil, err
 	}
-	if eventsKind != pidsEventsNone && opts.CgroupRoot.Path != "" {
-		if err := seedRefusalCounts(t.maps.PidsRefusalsClaimed, opts.CgroupRoot, eventsFile); err != nil {
+	if eventsKind != pidsEventsNone && opts.PidsRoot != "" {
+		if err := seedRefusalCounts(t.maps.PidsRefusalsClaimed, opts.PidsRoot, eventsFile); err != nil {
 			return nil, err
 		}
 	}
@@ -586,35 +590,15 @@ func (t *Tracer) missedForkReturns() uint64 {
 	return sum
 }
 
-// RefreshNodeLimits hands kernel.pid_max and kernel.threads-max to the BPF
-// side, which cannot read them on every kernel. Call it periodically: both
-// are sysctls an operator may change during an incident.
-func (t *Tracer) RefreshNodeLimits() error { return t.refreshNodeLimits() }
-
-func (t *Tracer) refreshNodeLimits() error {
-	pidMax, err := readSysctlInt("/proc/sys/kernel/pid_max")
-	if err != nil {
-		return err
-	}
-	threadsMax, err := readSysctlInt("/proc/sys/kernel/threads-max")
-	if err != nil {
-		return err
-	}
+// SetNodeLimits hands kernel.pid_max and kernel.threads-max to the BPF
+// side, which cannot read them on every kernel. Call it periodically with
+// the values in force: both are sysctls an operator may change during an
+// incident (where a cgroup v2 hierarchy is mounted, sysctl_limits also
+// copies each write as it happens).
+func (t *Tracer) SetNodeLimits(pidMax, threadsMax int64) error {
 	v := forkwatchNodeLimits{PidMax: pidMax, ThreadsMax: threadsMax}
 	if err := t.maps.NodeLimitsNow.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("updating node limits: %w", err)
 	}
 	return nil
-}
-
-func readSysctlInt(path string) (int64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
-	}
-	return v, nil
 }

@@ -9,7 +9,8 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/forkwatch/forkwatch/tracer/doctor"
+	"github.com/forkwatch/forkwatch/output/doctor"
+	"github.com/forkwatch/forkwatch/output/node"
 )
 
 // errRisksFound is what runDoctor returns when the report holds a risk,
@@ -55,7 +56,7 @@ var errRisksFound = errors.New("doctor: risks found")
 //	}
 //
 // Finding ids: stale-kubepods-limit, pid-max-below-pod-limits,
-// usage-above-80 (risks); pod-without-pids-limit, low-nproc-limit,
+// usage-above-80 (risks); pod-without-pids-limit, low-nproc-limit, low-tasks-max,
 // read-error (warnings); no-kubepods and limit-* (info).
 func runDoctor(args []string, stdout io.Writer) error {
 	fs := pflag.NewFlagSet("forkwatch doctor", pflag.ContinueOnError)
@@ -85,11 +86,11 @@ func runDoctor(args []string, stdout io.Writer) error {
 	}
 
 	cfg := doctor.DefaultConfig()
-	root, v2, err := doctor.DetectCgroupRoot(*cgroupRoot)
+	root, err := node.DetectCgroupRoot(*cgroupRoot)
 	if err != nil {
 		return usagef("invalid --cgroup-root: %v", err)
 	}
-	cfg.CgroupRoot, cfg.CgroupV2 = root, v2
+	cfg.CgroupRoot, cfg.CgroupV2 = root.Path, root.V2
 	cfg.ProcRoot = *procRoot
 	cfg.Kubepods = *kubepods
 	cfg.PodLogsDir = *podLogsDir

@@ -25,6 +25,7 @@ type Flags struct {
 	Wait        bool
 	MetricsAddr string
 	BTF         string
+	Version     bool
 
 	// Hidden: for readiness probes and tests.
 	ReadyFile      string
@@ -51,6 +52,7 @@ func (f *Flags) SetFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.BTF, "btf", "", "BTF file of the running kernel, for kernels without /sys/kernel/btf/vmlinux (e.g. CentOS 7: from BTFHub)")
 	fs.StringVar(&f.CgroupRoot, "cgroup-root", "", "mount of the cgroup hierarchy holding the pids controller (default: /sys/fs/cgroup/pids if mounted, else /sys/fs/cgroup)")
 	fs.StringVar(&f.PodLogsDir, "pod-logs-dir", defaultPodLogsDir, "kubelet's pod log directory, <namespace>_<name>_<uid>/ per pod, used to name pods")
+	fs.BoolVar(&f.Version, "version", false, "print forkwatch's version and exit")
 	fs.StringVar(&f.ReadyFile, "ready-file", "", "create this file once every probe is attached")
 	fs.IntVar(&f.RingBufferSize, "ring-buffer-size", tracer.DefaultRingBufferSize, "size of the ring buffer records come through, in bytes (a power of two); raise it if forkwatch reports lost events")
 	fs.BoolVar(&f.PerfBuffer, "perf-buffer", false, "hand records over through a perf event array, as on kernels without a BPF ring buffer")

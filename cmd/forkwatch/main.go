@@ -14,6 +14,11 @@ import (
 	"github.com/spf13/pflag"
 )
 
+// version is forkwatch's version, stamped at build time
+// (-ldflags "-X main.version=…", as deploy/Dockerfile does): --version
+// prints it and forkwatch_build_info carries it.
+var version = "dev"
+
 // usageError is bad input or an environment forkwatch cannot run in: one
 // line on stderr, exit code 2.
 type usageError struct{ err error }
@@ -61,6 +66,10 @@ func run(ctx context.Context, args []string) error {
 			return err // pflag printed the usage
 		}
 		return usagef("%v (see forkwatch --help)", err)
+	}
+	if flags.Version {
+		fmt.Printf("forkwatch %s\n", version)
+		return nil
 	}
 	return watch(ctx, &flags)
 }

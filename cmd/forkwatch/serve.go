@@ -2,8 +2,11 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"log"
 	"net"
 	"net/http"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -38,12 +41,15 @@ func listenMetrics(addr string) (*metricsServer, error) {
 		}
 		w.Write([]byte("ok\n"))
 	})
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		// What net/http would log (a failed accept, a handler's panic),
+		// with forkwatch's prefix on stderr.
+		ErrorLog: log.New(os.Stderr, "forkwatch: metrics server: ", 0)}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			// Serve only fails if the listener does; /healthz then stops
 			// answering and the kubelet restarts forkwatch.
-			return
+			fmt.Fprintf(os.Stderr, "forkwatch: the metrics server on %s stopped: %v\n", addr, err)
 		}
 	}()
 	return s, nil

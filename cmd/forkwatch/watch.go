@@ -13,9 +13,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/forkwatch/forkwatch/output"
+	"github.com/forkwatch/forkwatch/output/node"
+	"github.com/forkwatch/forkwatch/output/node/kube"
+	"github.com/forkwatch/forkwatch/output/node/limits"
+	"github.com/forkwatch/forkwatch/output/node/rates"
 	"github.com/forkwatch/forkwatch/tracer"
-	"github.com/forkwatch/forkwatch/tracer/kube"
-	"github.com/forkwatch/forkwatch/tracer/rates"
 )
 
 // tick paces folding, flushing and the lost-event check; every secondTicks
@@ -36,7 +38,10 @@ func watch(ctx context.Context, flags *Flags) error {
 	if err := tracer.CheckPrivileges(); err != nil {
 		return usageError{err}
 	}
-	root, err := tracer.DetectCgroupRoot(flags.CgroupRoot)
+	root, err := node.DetectCgroupRoot(flags.CgroupRoot)
+	if err == nil && root.Copy {
+		err = fmt.Errorf("%s is not a cgroup filesystem", root.Path)
+	}
 	if err != nil {
 		return usagef("--cgroup-root: %v; point it at the mount of the cgroup hierarchy with the pids controller, e.g. /sys/fs/cgroup", err)
 	}
@@ -74,9 +79,17 @@ func watch(ctx context.Context, flags *Flags) error {
 
 	// The node may be out of PIDs: create every OS thread forkwatch will
 	// need now, while it still can.
-	tracer.PrestartThreads()
+	prestartThreads()
 
-	t, err := tracer.New(tracer.Options{Mode: tracer.Mode(flags.Mode), RingBufferSize: flags.RingBufferSize, Tail: tail != nil, BTF: flags.BTF, PerfBuffer: flags.PerfBuffer, CgroupRoot: root})
+	limitsNow, err := limits.ReadNode("/proc")
+	if err != nil {
+		return err
+	}
+	t, err := tracer.New(tracer.Options{
+		Mode: tracer.Mode(flags.Mode), RingBufferSize: flags.RingBufferSize, Tail: tail != nil,
+		BTF: flags.BTF, PerfBuffer: flags.PerfBuffer, PidsRoot: root.Path, PidsV2: root.V2,
+		PidMax: limitsNow.PidMax, ThreadsMax: limitsNow.ThreadsMax,
+	})
 	if err != nil {
 		return usageError{err}
 	}
@@ -92,20 +105,21 @@ func watch(ctx context.Context, flags *Flags) error {
 		debug.SetGCPercent(50)
 	}
 
-	attr := &tracer.Attributor{Pods: pods}
-	// One id→path map for the sampler, the metrics and the pod tail.
-	paths := tracer.NewCgroupPaths(root.Path)
+	attr := &node.Attributor{Pods: pods}
+	// One id→path map for the sampler and the pod tail.
+	paths := node.NewCgroupPaths(root.Path)
 	var w output.Writer
 	if flags.Output == "json" {
 		w = output.NewJSON(os.Stdout)
 	} else {
 		text := output.NewText(os.Stdout)
-		text.HostPIDNamespace = tracer.HostPIDNamespace()
+		text.HostPIDNamespace = hostPIDNamespace()
 		text.Live = tail == nil && isTerminal(os.Stdout)
 		w = text
 	}
+	var m *output.Metrics
 	if metrics != nil {
-		m := output.NewMetrics(t, root, paths, attr)
+		m = output.NewMetrics(t.Attached(), version)
 		metrics.registry.MustRegister(m)
 		w = output.Tee{w, m}
 		metrics.ready.Store(true)
@@ -113,7 +127,7 @@ func watch(ctx context.Context, flags *Flags) error {
 	if err := w.Attached(t.Mode(), t.Attached()); err != nil {
 		return err
 	}
-	sampler := tracer.NewSampler(t, root, paths, attr, rates.DefaultConfig)
+	sampler := node.NewSampler(t, root, paths, attr, rates.DefaultConfig)
 	if tail != nil {
 		tail.tracer, tail.paths = t, paths
 		if err := tail.refresh(); err != nil {
@@ -135,11 +149,12 @@ func watch(ctx context.Context, flags *Flags) error {
 
 	var mu sync.Mutex // serialises the writer between the reader and the ticker
 	readErr := make(chan error, 1)
-	go func() { readErr <- readEvents(t, attr, tail, w, &mu) }()
+	go func() { readErr <- readEvents(t, attr, tail, w, m, &mu) }()
 
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
 	var lostSeen uint64
+	var sampleWarned time.Time
 	intervalTicks := int(flags.Interval / tick)
 	for n := 1; ; n++ {
 		select {
@@ -148,7 +163,11 @@ func watch(ctx context.Context, flags *Flags) error {
 			err := <-readErr
 			mu.Lock()
 			defer mu.Unlock()
-			if lerr := reportLost(t, w, &lostSeen); lerr != nil && err == nil {
+			total, lerr := t.EventsLost()
+			if lerr == nil {
+				lerr = reportLost(w, total, &lostSeen)
+			}
+			if lerr != nil && err == nil {
 				err = lerr
 			}
 			if cerr := w.Close(); err == nil {
@@ -158,24 +177,31 @@ func watch(ctx context.Context, flags *Flags) error {
 		case err := <-readErr:
 			return err
 		case now := <-ticker.C:
-			var snap tracer.Snapshot
-			second := n%secondTicks == 0
-			if second {
-				if err := t.RefreshNodeLimits(); err != nil {
-					return err
+			var snap *node.Snapshot
+			if n%secondTicks == 0 {
+				snap = sampler.Sample(now)
+				if snap.Err != nil && now.Sub(sampleWarned) >= warnEvery {
+					sampleWarned = now
+					fmt.Fprintf(os.Stderr, "forkwatch: warning: sampling (%d errors so far, counted in forkwatch_scrape_errors_total): %v\n", snap.Errors, snap.Err)
 				}
 				if tail != nil {
 					if err := tail.refresh(); err != nil {
 						return err
 					}
-				} else if snap, err = sampler.Sample(now); err != nil {
-					return err
 				}
 			}
 			mu.Lock()
-			err := reportLost(t, w, &lostSeen)
-			if err == nil && second && tail == nil {
-				err = w.Rates(&snap, n%intervalTicks == 0)
+			var err error
+			switch {
+			case snap == nil:
+			case tail == nil:
+				if err = reportLost(w, snap.EventsLost, &lostSeen); err == nil {
+					err = w.Rates(snap, n%intervalTicks == 0)
+				}
+			default: // the tail shows no table; the metrics still follow the node
+				if err = reportLost(w, snap.EventsLost, &lostSeen); err == nil && m != nil {
+					err = m.Rates(snap, false)
+				}
 			}
 			if err == nil {
 				err = w.Flush(now)
@@ -188,12 +214,21 @@ func watch(ctx context.Context, flags *Flags) error {
 	}
 }
 
-// readEvents decodes ring-buffer records until the tracer stops reading.
-func readEvents(t *tracer.Tracer, attr *tracer.Attributor, tail *podTail, w output.Writer, mu *sync.Mutex) error {
+// warnEvery bounds how often a recurring problem (a record that does not
+// decode, a file the sampler cannot read) is written to stderr; each is
+// counted in a metric all the same.
+const warnEvery = time.Minute
+
+// readEvents decodes ring-buffer records until the tracer stops reading. A
+// record that does not decode is counted, warned about and skipped: one bad
+// record must not end a DaemonSet's watch.
+func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output.Writer, m *output.Metrics, mu *sync.Mutex) error {
 	clock := tracer.NewClock()
 	var (
-		raw ringbuf.Record
-		rec tracer.Record
+		raw    ringbuf.Record
+		rec    tracer.Record
+		warned time.Time
+		bad    uint64
 	)
 	for {
 		if err := t.ReadRecord(&raw); err != nil {
@@ -203,22 +238,40 @@ func readEvents(t *tracer.Tracer, attr *tracer.Attributor, tail *podTail, w outp
 			return fmt.Errorf("reading events: %w", err)
 		}
 		if err := tracer.Decode(raw.RawSample, clock, &rec); err != nil {
-			return err
+			bad++
+			if m != nil {
+				m.BadRecord()
+			}
+			if now := time.Now(); now.Sub(warned) >= warnEvery {
+				warned = now
+				fmt.Fprintf(os.Stderr, "forkwatch: warning: skipped a record it could not decode (%d so far, counted in forkwatch_records_undecodable_total): %v\n", bad, err)
+			}
+			continue
 		}
 		victim := !rec.IsFailure && rec.Task.Failures > 0 && rec.Task.Time.Sub(rec.Task.LastFailure) <= victimWindow
 		if !rec.IsFailure && !victim && tail == nil {
 			continue // exited long after its failures: not their victim
 		}
-		attr.Attribute(&rec)
-		if tail != nil && !tail.matches(&rec) {
+		var (
+			f  node.Failure
+			ev node.TaskEvent
+		)
+		who := &ev.Who
+		if rec.IsFailure {
+			f = attr.Failure(&rec.Failure)
+			who = &f.Who
+		} else {
+			ev = attr.Task(&rec.Task)
+		}
+		if tail != nil && !tail.matches(who) {
 			continue
 		}
 		mu.Lock()
 		var err error
 		if rec.IsFailure {
-			err = w.Failure(&rec.Failure)
+			err = w.Failure(&f)
 		} else {
-			err = w.Task(&rec.Task)
+			err = w.Task(&ev)
 		}
 		mu.Unlock()
 		if err != nil {
@@ -227,11 +280,8 @@ func readEvents(t *tracer.Tracer, attr *tracer.Attributor, tail *podTail, w outp
 	}
 }
 
-func reportLost(t *tracer.Tracer, w output.Writer, seen *uint64) error {
-	total, err := t.EventsLost()
-	if err != nil {
-		return err
-	}
+// reportLost tells the writer when the kernel's count of lost events rose.
+func reportLost(w output.Writer, total uint64, seen *uint64) error {
 	if total == *seen {
 		return nil
 	}
@@ -252,7 +302,7 @@ type podTail struct {
 	pods     *kube.PodDirectory
 	ns, name string
 	tracer   *tracer.Tracer
-	paths    *tracer.CgroupPaths
+	paths    *node.CgroupPaths
 
 	mu     sync.Mutex
 	uids   map[string]bool
@@ -295,12 +345,8 @@ func (p *podTail) refresh() error {
 	return nil
 }
 
-// matches reports whether an event belongs to the tailed pod.
-func (p *podTail) matches(r *tracer.Record) bool {
-	who := r.Task.Who
-	if r.IsFailure {
-		who = r.Failure.Who
-	}
+// matches reports whether an event of who belongs to the tailed pod.
+func (p *podTail) matches(who *node.Who) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return who.Pod != nil && p.uids[who.Pod.UID]

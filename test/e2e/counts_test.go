@@ -97,17 +97,20 @@ func TestTaskCountsExact(t *testing.T) {
 	// What each container saw: the storm's forks created there; those
 	// children and each storm itself (it joined the cgroup, so it was not
 	// created there) exited there.
+	// The metrics render the sample forkwatch takes once a second: wait
+	// until every container's counts are what happened, or give up and
+	// judge what was counted.
 	var created, exited map[string]float64
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		created, exited = containerCounts(t, addr)
-		named := 0
+		done := 0
 		for _, ctr := range ctrs {
-			if _, ok := created[ctr]; ok {
-				named++
+			if created[ctr] == forks[ctr] && exited[ctr] == forks[ctr]+runs[ctr] {
+				done++
 			}
 		}
-		if named == len(ctrs) || time.Now().After(deadline) {
+		if done == len(ctrs) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)

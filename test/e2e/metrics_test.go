@@ -216,8 +216,9 @@ func checkAgainstMetricsList(t *testing.T, exposition string) {
 			}
 		}
 	}
-	// Present only while a pod spikes or a limit grows.
-	conditional := map[string]bool{"forkwatch_leak_suspect": true, "forkwatch_seconds_to_exhaustion": true}
+	// Present only while a pod spikes or a limit grows, or once a fork was
+	// refused by policy.
+	conditional := map[string]bool{"forkwatch_leak_suspect": true, "forkwatch_seconds_to_exhaustion": true, "forkwatch_fork_denied_total": true}
 	for name := range listed {
 		if !seen[name] && !conditional[name] {
 			t.Errorf("deploy/metrics.txt lists %s, the binary did not export it", name)

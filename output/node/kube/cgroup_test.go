@@ -233,3 +233,21 @@ func FuzzParseCgroupPath(f *testing.F) {
 		}
 	})
 }
+
+func TestQoSClass(t *testing.T) {
+	for path, want := range map[string]string{
+		"/kubepods/burstable":                      "burstable",
+		"/kubepods/besteffort":                     "besteffort",
+		"/kubepods.slice/kubepods-burstable.slice": "burstable",
+		"/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice": "besteffort",
+		"/kubepods":        "",
+		"/burstable":       "",
+		"/other/burstable": "",
+		"/kubepods.slice/kubepods-guaranteed.slice": "",
+		"/kubepods.slice/other-burstable.slice":     "",
+	} {
+		if got := QoSClass(path); got != want {
+			t.Errorf("QoSClass(%q) = %q, want %q", path, got, want)
+		}
+	}
+}

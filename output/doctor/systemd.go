@@ -19,7 +19,7 @@ import (
 var checkedUnits = []string{"kubelet.service", "containerd.service", "docker.service", "crio.service"}
 
 // daemonUnits are the units whose small TasksMax= is reported
-// (low-nproc-limit).
+// (low-tasks-max).
 var daemonUnits = checkedUnits
 
 // UnitTasksMax is a unit's TasksMax= as its unit file and drop-ins set it.

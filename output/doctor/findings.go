@@ -14,6 +14,7 @@ const (
 	IDUsageAbove80       = "usage-above-80"
 	IDPodWithoutLimit    = "pod-without-pids-limit"
 	IDLowNproc           = "low-nproc-limit"
+	IDLowTasksMax        = "low-tasks-max"
 	IDReadError          = "read-error"
 	IDNoKubepods         = "no-kubepods"
 	IDLimitPidMax        = "limit-pid-max"
@@ -358,7 +359,7 @@ func (c *checker) lowTasksMax() {
 		}
 		c.add(Finding{
 			Severity: Warning,
-			ID:       IDLowNproc,
+			ID:       IDLowTasksMax,
 			Summary:  fmt.Sprintf("TasksMax=%s (%s tasks) for %s: applies only to the processes of that unit, not to pods", u.TasksMax, effStr(u), u.Unit),
 			Evidence: ev,
 			Fix:      fmt.Sprintf("only if %s itself needs more tasks (compare its pids.current): systemctl edit %s, add [Service] TasksMax=infinity, then systemctl daemon-reload && systemctl restart %s", u.Unit, u.Unit, u.Unit),

@@ -21,11 +21,10 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/forkwatch/forkwatch/tracer/limits"
+	"github.com/forkwatch/forkwatch/output/node"
+	"github.com/forkwatch/forkwatch/output/node/kube"
+	"github.com/forkwatch/forkwatch/output/node/limits"
 )
 
 // Config says where to read everything from.
@@ -43,20 +42,17 @@ type Config struct {
 	LimitsDir   string   // "/etc/security/limits.d"
 }
 
-// Where things live on a node.
-const (
-	cgroupV1PidsRoot = "/sys/fs/cgroup/pids"
-	cgroupV2Root     = "/sys/fs/cgroup"
-)
-
 // DefaultConfig returns the paths of a real node, with the pids hierarchy
-// detected as DetectCgroupRoot("") does.
+// detected as forkwatch detects it.
 func DefaultConfig() Config {
-	root, v2, _ := DetectCgroupRoot("")
+	root, err := node.DetectCgroupRoot("")
+	if err != nil {
+		root = node.CgroupRoot{Path: "/sys/fs/cgroup"} // Validate says what is wrong
+	}
 	return Config{
 		ProcRoot:   "/proc",
-		CgroupRoot: root,
-		CgroupV2:   v2,
+		CgroupRoot: root.Path,
+		CgroupV2:   root.V2,
 		PodLogsDir: "/var/log/pods",
 		// systemd's unit search path, highest priority first: a unit file
 		// in /etc masks one of the same name in /run or /lib, and a drop-in
@@ -65,46 +61,6 @@ func DefaultConfig() Config {
 		LimitsConf:  "/etc/security/limits.conf",
 		LimitsDir:   "/etc/security/limits.d",
 	}
-}
-
-// DetectCgroupRoot returns the mount of the hierarchy holding the pids
-// controller and whether it is cgroup v2. With dir == "": on a v1 or hybrid
-// node (CentOS 7, most k8s ≤1.24 nodes) pids is its own hierarchy at
-// /sys/fs/cgroup/pids; on a v2 node it is part of the unified hierarchy at
-// /sys/fs/cgroup. A given dir must be a directory; if it is not a cgroup
-// filesystem (a copy of a node's tree), it counts as v2 when its top holds
-// cgroup.controllers, which only v2 has.
-func DetectCgroupRoot(dir string) (string, bool, error) {
-	if dir == "" {
-		if magic, err := fsMagic(cgroupV1PidsRoot); err == nil && magic == unix.CGROUP_SUPER_MAGIC {
-			return cgroupV1PidsRoot, false, nil
-		}
-		magic, _ := fsMagic(cgroupV2Root)
-		return cgroupV2Root, magic == unix.CGROUP2_SUPER_MAGIC, nil
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return "", false, err
-	}
-	if !fi.IsDir() {
-		return "", false, fmt.Errorf("%s is not a directory", dir)
-	}
-	switch magic, _ := fsMagic(dir); magic {
-	case unix.CGROUP2_SUPER_MAGIC:
-		return dir, true, nil
-	case unix.CGROUP_SUPER_MAGIC:
-		return dir, false, nil
-	}
-	_, err = os.Stat(filepath.Join(dir, "cgroup.controllers"))
-	return dir, err == nil, nil
-}
-
-func fsMagic(dir string) (int64, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return 0, err
-	}
-	return int64(st.Type), nil
 }
 
 // Validate reports configuration a check cannot run with: the caller's bad
@@ -122,7 +78,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("cgroup root %s is not a directory (--cgroup-root)", c.CgroupRoot)
 	}
 	if c.Kubepods != "" {
-		rel := cleanRel(c.Kubepods)
+		rel := limits.CleanPath(c.Kubepods)
 		if rel == "/" {
 			return fmt.Errorf("kubepods cgroup %q must be below the root of the hierarchy (--kubepods)", c.Kubepods)
 		}
@@ -183,13 +139,9 @@ type Cgroup struct {
 	Max     int64  `json:"max"`     // -1: unlimited ("max")
 }
 
-// Pod names a pod; Namespace and Name are empty when no pod log directory
-// carried its UID.
-type Pod struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
-}
+// Pod names a pod, as the watcher does; Namespace and Name are empty when
+// no pod log directory carried its UID.
+type Pod = kube.Pod
 
 // Finding is one thing the doctor has to say.
 type Finding struct {
@@ -266,10 +218,10 @@ func (c *checker) readNode() {
 	// Keep whatever can be read on its own.
 	c.readError("the node's limits", err)
 	c.r.Node = Node{PidMax: -1, ThreadsMax: -1, Tasks: -1}
-	if v, err := readInt(c.procFile("sys/kernel/pid_max")); err == nil {
+	if v, err := limits.ReadInt(c.procFile("sys/kernel/pid_max")); err == nil {
 		c.r.Node.PidMax = v
 	}
-	if v, err := readInt(c.procFile("sys/kernel/threads-max")); err == nil {
+	if v, err := limits.ReadInt(c.procFile("sys/kernel/threads-max")); err == nil {
 		c.r.Node.ThreadsMax = v
 	}
 }
@@ -302,7 +254,7 @@ func (c *checker) readCgroups() {
 		})
 		return
 	}
-	kp = cleanRel(kp)
+	kp = limits.CleanPath(kp)
 	c.r.Kubepods = kp
 
 	// The cgroups between the root and kubepods (a kubelet --cgroup-root,
@@ -327,38 +279,32 @@ func (c *checker) readCgroups() {
 		c.readError("the kubepods cgroup "+kp, err)
 		return
 	}
-	names := podNames(c.cfg.PodLogsDir)
-	qosOf := map[string]string{} // QoS cgroup path → class
+	// Pods are named the way the watcher names them: kube's parsers.
+	pods, _ := kube.NewPodDirectory(c.cfg.PodLogsDir) // none: pods named by UID
 	for _, p := range tree {
-		cg := Cgroup{Path: path.Join(kp, p.Path), Current: p.Current, Max: p.Max}
+		full := path.Join(kp, p.Path)
+		cg := Cgroup{Path: full, Current: p.Current, Max: p.Max}
 		if p.Path == "/" {
 			cg.Role = RoleKubepods
 			c.r.Cgroups = append(c.r.Cgroups, cg)
 			continue
 		}
-		parent, base := path.Split(p.Path)
-		parent = path.Clean(parent)
-		if q := qosClass(base); q != "" && parent == "/" {
+		if q := kube.QoSClass(full); q != "" {
 			cg.Role, cg.QoS = RoleQoS, q
-			qosOf[p.Path] = q
 			c.r.Cgroups = append(c.r.Cgroups, cg)
 			continue
 		}
-		uid, ok := podUID(base)
-		if !ok {
+		info := kube.ParseCgroupPath(full)
+		if info.PodUID == "" || info.PodCgroup != full {
 			continue // a container, or something kubelet did not make
 		}
-		switch {
-		case parent == "/":
-			cg.QoS = "guaranteed"
-		case qosOf[parent] != "":
-			cg.QoS = qosOf[parent]
-		default:
-			continue
+		cg.Role, cg.QoS = RolePod, info.QoS
+		pod := kube.Pod{UID: info.PodUID}
+		if pods != nil {
+			if named, ok := pods.Lookup(info.PodUID); ok {
+				pod = named
+			}
 		}
-		cg.Role = RolePod
-		pod := names[uid]
-		pod.UID = uid
 		cg.Pod = &pod
 		c.r.Cgroups = append(c.r.Cgroups, cg)
 	}
@@ -400,20 +346,6 @@ func (r *Report) pods() []Cgroup {
 		}
 	}
 	return out
-}
-
-func cleanRel(rel string) string { return path.Clean("/" + filepath.ToSlash(rel)) }
-
-func readInt(file string) (int64, error) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return 0, err
-	}
-	var n int64
-	if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &n); err != nil {
-		return 0, fmt.Errorf("%s: want a number, got %q", file, strings.TrimSpace(string(b)))
-	}
-	return n, nil
 }
 
 func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }

@@ -108,6 +108,30 @@ func ParseCgroupPath(path string) CgroupInfo {
 	return CgroupInfo{Owner: owner}
 }
 
+// QoSClass returns the QoS class ("burstable" or "besteffort") whose cgroup
+// path is — kubepods/burstable, or kubepods.slice/kubepods-burstable.slice
+// with the systemd driver — or "" when path is not a QoS class's cgroup.
+// Guaranteed pods have none: they sit in kubepods itself.
+func QoSClass(path string) string {
+	var buf [16]component
+	comps := splitPath(path, buf[:0])
+	n := len(comps)
+	if n < 2 {
+		return ""
+	}
+	name, parent := comps[n-1].name, comps[n-2].name
+	for _, class := range []string{"burstable", "besteffort"} {
+		if name == class && parent == "kubepods" {
+			return class
+		}
+		prefix, ok := strings.CutSuffix(parent, ".slice")
+		if ok && (prefix == "kubepods" || strings.HasSuffix(prefix, "-kubepods")) && name == prefix+"-"+class+".slice" {
+			return class
+		}
+	}
+	return ""
+}
+
 // component is one name in a cgroup path, and where it ends in the path.
 type component struct {
 	name string

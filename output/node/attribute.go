@@ -1,6 +1,9 @@
-package tracer
+package node
 
-import "github.com/forkwatch/forkwatch/tracer/kube"
+import (
+	"github.com/forkwatch/forkwatch/output/node/kube"
+	"github.com/forkwatch/forkwatch/tracer"
+)
 
 // Attributor names the pod, container or system unit behind a cgroup path,
 // without the API server: the path gives the pod UID and container ID, and
@@ -35,11 +38,25 @@ func (a *Attributor) Resolve(cgroup string) Who {
 	return w
 }
 
-// Attribute fills the record's pod, container and owner.
-func (a *Attributor) Attribute(r *Record) {
-	if r.IsFailure {
-		r.Failure.Who = a.Resolve(r.Failure.Cgroup)
-	} else {
-		r.Task.Who = a.Resolve(r.Task.Cgroup)
-	}
+// Failure is a failed fork as the kernel reported it, with who made it. Its
+// JSON form is the documented fork_failed object.
+type Failure struct {
+	tracer.Failure
+	Who
+}
+
+// TaskEvent is a task created or exited, with whose it was.
+type TaskEvent struct {
+	tracer.TaskEvent
+	Who
+}
+
+// Failure names who made a failed fork.
+func (a *Attributor) Failure(f *tracer.Failure) Failure {
+	return Failure{Failure: *f, Who: a.Resolve(f.Cgroup)}
+}
+
+// Task names whose a created or exited task was.
+func (a *Attributor) Task(t *tracer.TaskEvent) TaskEvent {
+	return TaskEvent{TaskEvent: *t, Who: a.Resolve(t.Cgroup)}
 }

@@ -1,9 +1,10 @@
-package tracer
+package node
 
 import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -11,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/forkwatch/forkwatch/tracer/kube"
+	"github.com/forkwatch/forkwatch/output/node/kube"
 )
 
 // Where kubelet and systemd mount the cgroup hierarchies. On a cgroup v1 (or
@@ -22,22 +23,35 @@ const (
 	cgroupV2Root     = "/sys/fs/cgroup"
 )
 
-// CgroupRoot is the mounted root of the hierarchy forkwatch's cgroup paths
-// and ids refer to: the one holding the pids controller.
+// CgroupRoot is the root of the hierarchy forkwatch's cgroup paths and ids
+// refer to: the one holding the pids controller.
 type CgroupRoot struct {
 	Path string
 	V2   bool
+	// Copy is set for a directory that is not a cgroup filesystem but laid
+	// out like one (a copy of a node's tree): forkwatch doctor reads it,
+	// the tracer cannot (its cgroup ids are the kernel's).
+	Copy bool
 }
 
-// DetectCgroupRoot returns the pids hierarchy's mount: dir if given (it must
-// be a cgroup filesystem), else the v1 pids hierarchy if mounted, else v2.
+// DetectCgroupRoot returns the pids hierarchy: dir if given, else the v1
+// pids hierarchy if mounted (CentOS 7, hybrid nodes), else the v2 one. A
+// given dir that is not a cgroup filesystem is a Copy, v2 when its top
+// holds cgroup.controllers, which only v2 has.
 func DetectCgroupRoot(dir string) (CgroupRoot, error) {
 	if dir != "" {
-		v2, err := isCgroupFS(dir)
+		fi, err := os.Stat(dir)
 		if err != nil {
 			return CgroupRoot{}, err
 		}
-		return CgroupRoot{Path: dir, V2: v2}, nil
+		if !fi.IsDir() {
+			return CgroupRoot{}, fmt.Errorf("%s is not a directory", dir)
+		}
+		if v2, err := isCgroupFS(dir); err == nil {
+			return CgroupRoot{Path: dir, V2: v2}, nil
+		}
+		_, err = os.Stat(filepath.Join(dir, "cgroup.controllers"))
+		return CgroupRoot{Path: dir, V2: err == nil, Copy: true}, nil
 	}
 	if v2, err := isCgroupFS(cgroupV1PidsRoot); err == nil && !v2 {
 		return CgroupRoot{Path: cgroupV1PidsRoot}, nil

@@ -51,10 +51,10 @@ type Node struct {
 func ReadNode(procRoot string) (Node, error) {
 	var n Node
 	var err error
-	if n.PidMax, err = readInt(filepath.Join(procRoot, "sys/kernel/pid_max")); err != nil {
+	if n.PidMax, err = ReadInt(filepath.Join(procRoot, "sys/kernel/pid_max")); err != nil {
 		return Node{}, err
 	}
-	if n.ThreadsMax, err = readInt(filepath.Join(procRoot, "sys/kernel/threads-max")); err != nil {
+	if n.ThreadsMax, err = ReadInt(filepath.Join(procRoot, "sys/kernel/threads-max")); err != nil {
 		return Node{}, err
 	}
 	loadavg := filepath.Join(procRoot, "loadavg")
@@ -101,11 +101,11 @@ var ErrNoPidsFiles = errors.New("no pids controller files")
 // and a cgroup that does not exist (a pod that just went away) one wrapping
 // fs.ErrNotExist.
 func ReadPids(root, rel string) (Pids, error) {
-	rel = cleanRel(rel)
+	rel = CleanPath(rel)
 	dir := filepath.Join(root, filepath.FromSlash(rel))
 	p := Pids{Path: rel, Current: -1, Max: -1}
 	isRoot := rel == "/"
-	cur, err := readInt(filepath.Join(dir, "pids.current"))
+	cur, err := ReadInt(filepath.Join(dir, "pids.current"))
 	switch {
 	case err == nil:
 		p.Current = cur
@@ -161,7 +161,7 @@ type readResult struct {
 
 // Read is ReadPids(r.Root, rel), remembered.
 func (r *Reader) Read(rel string) (Pids, error) {
-	rel = cleanRel(rel)
+	rel = CleanPath(rel)
 	if res, ok := r.memo[rel]; ok {
 		return res.p, res.err
 	}
@@ -175,12 +175,12 @@ func (r *Reader) Set(rel string, p Pids, err error) {
 	if r.memo == nil {
 		r.memo = map[string]readResult{}
 	}
-	r.memo[cleanRel(rel)] = readResult{p, err}
+	r.memo[CleanPath(rel)] = readResult{p, err}
 }
 
 // Ancestors is the package's Ancestors through r.
 func (r *Reader) Ancestors(rel string) ([]Pids, error) {
-	rel = cleanRel(rel)
+	rel = CleanPath(rel)
 	var out []Pids
 	for p := rel; p != "/"; p = path.Dir(p) {
 		ps, err := r.Read(p)
@@ -278,8 +278,9 @@ func Tree(root string, maxDepth int) ([]Pids, error) {
 	return out, nil
 }
 
-// cleanRel turns "", "a/b", "/a/b/" into "/", "/a/b", "/a/b".
-func cleanRel(rel string) string {
+// CleanPath turns "", "a/b", "/a/b/" into "/", "/a/b", "/a/b": a cgroup
+// path relative to the hierarchy's root, as forkwatch writes them.
+func CleanPath(rel string) string {
 	return path.Clean("/" + filepath.ToSlash(rel))
 }
 
@@ -296,7 +297,8 @@ func parseMax(b []byte) (int64, error) {
 	return n, nil
 }
 
-func readInt(file string) (int64, error) {
+// ReadInt reads a file holding one integer (a sysctl, pids.current).
+func ReadInt(file string) (int64, error) {
 	b, err := readSmall(file)
 	if err != nil {
 		return 0, err

@@ -24,6 +24,7 @@
 package rates
 
 import (
+	"github.com/forkwatch/forkwatch/tracer"
 	"math"
 	"sort"
 	"time"
@@ -55,13 +56,7 @@ const history = 300
 var Buckets = []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000}
 
 // Counts are cumulative creations and exits, as the kernel counts them.
-type Counts struct {
-	ThreadsCreated, ProcessesCreated uint64
-	ThreadsExited, ProcessesExited   uint64
-}
-
-func (c Counts) created() uint64 { return c.ThreadsCreated + c.ProcessesCreated }
-func (c Counts) exited() uint64  { return c.ThreadsExited + c.ProcessesExited }
+type Counts = tracer.TaskCounts
 
 // Limit is the nearest limit above a pod, for the headroom rule.
 type Limit struct {
@@ -154,9 +149,9 @@ func (t *Tracker) Observe(now time.Time, samples map[string]Sample) []Transition
 		// Counters only grow; a smaller value means the kernel's LRU
 		// dropped and re-created the cgroup's entry: start over from it.
 		created, exited := float64(0), float64(0)
-		if s.Counts.created() >= p.last.created() && s.Counts.exited() >= p.last.exited() {
-			created = float64(s.Counts.created() - p.last.created())
-			exited = float64(s.Counts.exited() - p.last.exited())
+		if s.Counts.Created() >= p.last.Created() && s.Counts.Exited() >= p.last.Exited() {
+			created = float64(s.Counts.Created() - p.last.Created())
+			exited = float64(s.Counts.Exited() - p.last.Exited())
 		}
 		p.last, p.sample, p.lastSeen = s.Counts, s, now
 		p.rates[p.next], p.nets[p.next] = created, created-exited
