@@ -1061,25 +1061,25 @@ static __always_inline int on_fork_exit(void *ctx, long ret, u8 syscall)
 }
 
 SEC("tracepoint/syscalls/sys_exit_clone")
-int tp_exit_clone(struct trace_event_raw_sys_exit *ctx)
+int fw_tp_clone(struct trace_event_raw_sys_exit *ctx)
 {
 	return on_fork_exit(ctx, ctx->ret, SYSCALL_CLONE);
 }
 
 SEC("tracepoint/syscalls/sys_exit_clone3")
-int tp_exit_clone3(struct trace_event_raw_sys_exit *ctx)
+int fw_tp_clone3(struct trace_event_raw_sys_exit *ctx)
 {
 	return on_fork_exit(ctx, ctx->ret, SYSCALL_CLONE3);
 }
 
 SEC("tracepoint/syscalls/sys_exit_fork")
-int tp_exit_fork(struct trace_event_raw_sys_exit *ctx)
+int fw_tp_fork(struct trace_event_raw_sys_exit *ctx)
 {
 	return on_fork_exit(ctx, ctx->ret, SYSCALL_FORK);
 }
 
 SEC("tracepoint/syscalls/sys_exit_vfork")
-int tp_exit_vfork(struct trace_event_raw_sys_exit *ctx)
+int fw_tp_vfork(struct trace_event_raw_sys_exit *ctx)
 {
 	return on_fork_exit(ctx, ctx->ret, SYSCALL_VFORK);
 }
@@ -1148,7 +1148,7 @@ static __always_inline u8 current_fork_syscall(struct task_struct *task)
  * argument after the parameters (ctx[4]) works from 5.5; 5.17+ has
  * bpf_get_func_ret(), which does not depend on the parameter count. */
 SEC("fexit/copy_process")
-int fexit_copy_proc(u64 *ctx)
+int fw_fexit_copy(u64 *ctx)
 {
 	struct task_struct *task;
 	u64 ret;
@@ -1184,19 +1184,19 @@ static __always_inline int on_fork_path_return(struct pt_regs *ctx, int v)
 }
 
 SEC("kretprobe")
-int kret_fork_ring(struct pt_regs *ctx)
+int fw_kfork_ring(struct pt_regs *ctx)
 {
 	return on_fork_path_return(ctx, V_OUT_RING);
 }
 
 SEC("kretprobe")
-int kret_fork_perf(struct pt_regs *ctx)
+int fw_kfork_perf(struct pt_regs *ctx)
 {
 	return on_fork_path_return(ctx, V_OUT_PERF);
 }
 
 SEC("kretprobe")
-int kret_fork_rh7(struct pt_regs *ctx)
+int fw_kfork_rh7(struct pt_regs *ctx)
 {
 	return on_fork_path_return(ctx, V_OUT_PERF | V_CGROUP_RH7);
 }
@@ -1209,7 +1209,7 @@ int kret_fork_rh7(struct pt_regs *ctx)
  * now, before another task's exit can lower the counter.
  */
 SEC("fexit/pids_can_fork")
-int fexit_pids_fork(u64 *ctx)
+int fw_fexit_pids(u64 *ctx)
 {
 	struct pids_refusal r = {};
 	struct css_set *cset = (struct css_set *)ctx[1];
@@ -1245,7 +1245,7 @@ int fexit_pids_fork(u64 *ctx)
 /* Kprobe mode: the refusal only; the refusing cgroup is found from the
  * caller's pids css when the failure is reported. */
 SEC("kretprobe")
-int kret_pids_fork(struct pt_regs *ctx)
+int fw_kret_pids(struct pt_regs *ctx)
 {
 	struct pids_refusal r = {};
 	u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -1490,14 +1490,14 @@ static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int
 /* sched_process_fork fires in the parent once the child exists and has been
  * attached to its cgroup. */
 SEC("raw_tp/sched_process_fork")
-int BPF_PROG(raw_tp_fork, struct task_struct *parent, struct task_struct *child)
+int BPF_PROG(fw_raw_fork, struct task_struct *parent, struct task_struct *child)
 {
 	return on_task_created(ctx, parent, child, V_OUT_GLOBAL);
 }
 
 /* sched_process_exit fires in the exiting task. */
 SEC("raw_tp/sched_process_exit")
-int BPF_PROG(raw_tp_exit, struct task_struct *task)
+int BPF_PROG(fw_raw_exit, struct task_struct *task)
 {
 	return on_task_exit(ctx, task, V_OUT_GLOBAL);
 }
@@ -1515,7 +1515,7 @@ extern void bpf_preempt_disable(void) __weak __ksym;
 extern void bpf_preempt_enable(void) __weak __ksym;
 
 SEC("tp_btf/sched_process_fork")
-int BPF_PROG(btf_tp_fork, struct task_struct *parent, struct task_struct *child)
+int BPF_PROG(fw_btf_fork, struct task_struct *parent, struct task_struct *child)
 {
 	int ret;
 
@@ -1528,7 +1528,7 @@ int BPF_PROG(btf_tp_fork, struct task_struct *parent, struct task_struct *child)
 }
 
 SEC("tp_btf/sched_process_exit")
-int BPF_PROG(btf_tp_exit, struct task_struct *task)
+int BPF_PROG(fw_btf_exit, struct task_struct *task)
 {
 	int ret;
 
@@ -1551,37 +1551,37 @@ static __always_inline int on_wake_up_new_task(struct pt_regs *ctx, int v)
 }
 
 SEC("kprobe")
-int kp_newtask_ring(struct pt_regs *ctx)
+int fw_kp_task_ring(struct pt_regs *ctx)
 {
 	return on_wake_up_new_task(ctx, V_OUT_RING);
 }
 
 SEC("kprobe")
-int kp_newtask_perf(struct pt_regs *ctx)
+int fw_kp_task_perf(struct pt_regs *ctx)
 {
 	return on_wake_up_new_task(ctx, V_OUT_PERF);
 }
 
 SEC("kprobe")
-int kp_newtask_rh7(struct pt_regs *ctx)
+int fw_kp_task_rh7(struct pt_regs *ctx)
 {
 	return on_wake_up_new_task(ctx, V_OUT_PERF | V_CGROUP_RH7);
 }
 
 SEC("tracepoint/sched/sched_process_exit")
-int tp_pexit_ring(void *ctx)
+int fw_tp_exit_ring(void *ctx)
 {
 	return on_task_exit(ctx, (struct task_struct *)bpf_get_current_task(), V_OUT_RING);
 }
 
 SEC("tracepoint/sched/sched_process_exit")
-int tp_pexit_perf(void *ctx)
+int fw_tp_exit_perf(void *ctx)
 {
 	return on_task_exit(ctx, (struct task_struct *)bpf_get_current_task(), V_OUT_PERF);
 }
 
 SEC("tracepoint/sched/sched_process_exit")
-int tp_pexit_rh7(void *ctx)
+int fw_tp_exit_rh7(void *ctx)
 {
 	return on_task_exit(ctx, (struct task_struct *)bpf_get_current_task(), V_OUT_PERF | V_CGROUP_RH7);
 }
@@ -1607,7 +1607,7 @@ static __always_inline bool sysctl_is(const char *name, const char *want, int le
  * write the kernel then rejects (out of range) is undone by the next refresh.
  */
 SEC("cgroup/sysctl")
-int sysctl_limits(struct bpf_sysctl *ctx)
+int fw_sysctl(struct bpf_sysctl *ctx)
 {
 	/* "kernel/threads-max" and "kernel/pid_max" with their NUL fit; a
 	 * longer name does not (-E2BIG) and is not one of them. */

@@ -47,7 +47,7 @@ forkwatch_fork_failures_total{cause="pids_cgroup",container="0a1b2c3d4e5f",limit
 // under its name shares its series), the pids cgroups, the node, forecasts,
 // losses and spikes — and nothing it would have to read at scrape time.
 func TestMetricsRenderSnapshot(t *testing.T) {
-	m := NewMetrics([]tracer.Attachment{{Program: "tp_exit_clone", Hook: "tracepoint/syscalls/sys_exit_clone", Mode: tracer.ModeTracepoint}}, "1.2.3")
+	m := NewMetrics([]tracer.Attachment{{Program: "fw_tp_clone", Hook: "tracepoint/syscalls/sys_exit_clone", Mode: tracer.ModeTracepoint}}, "1.2.3")
 	web := &kube.Pod{Namespace: "shop", Name: "web-0", UID: "22612ffb-4523-4958-b6dd-a80bd35fd325"}
 	webAgain := &kube.Pod{Namespace: "shop", Name: "web-0", UID: "d06203b5-9e78-4247-b80c-43ffaea99318"}
 	unnamed := &kube.Pod{UID: "0f2c6b1e-2d7a-4a8e-9d7e-3b1c5a6e7f80"}
@@ -69,7 +69,7 @@ func TestMetricsRenderSnapshot(t *testing.T) {
 		Cgroups:    []limits.Pids{{Path: "/", Current: -1, Max: -1}, {Path: "/kubepods", Current: 700, Max: 1000}, {Path: "/kubepods/besteffort", Current: 600, Max: -1}},
 		Forecasts:  []node.Forecast{{Limit: "/kubepods", Current: 700, Max: 1000, Growth: 10, SecondsLeft: 30, HasForecast: true}, {Limit: "pid_max", Current: 812, Max: 32768}},
 		EventsLost: 4,
-		MissedRuns: map[string]uint64{"btf_tp_exit": 2},
+		MissedRuns: map[string]uint64{"fw_btf_exit": 2},
 		Errors:     1,
 	}
 	if err := m.Rates(snap, false); err != nil {
@@ -97,10 +97,10 @@ forkwatch_pids_current{cgroup="/kubepods/besteffort"} 600
 forkwatch_pids_max{cgroup="/kubepods"} 1000
 # HELP forkwatch_probe_attached 1 for each BPF program attached, with its hook and the mode it belongs to.
 # TYPE forkwatch_probe_attached gauge
-forkwatch_probe_attached{hook="tracepoint/syscalls/sys_exit_clone",mode="tracepoint",program="tp_exit_clone"} 1
+forkwatch_probe_attached{hook="tracepoint/syscalls/sys_exit_clone",mode="tracepoint",program="fw_tp_clone"} 1
 # HELP forkwatch_program_runs_missed_total Runs of a BPF program the kernel skipped because it was already running on that CPU (kernels 5.12+ count them): failures, creations or exits not seen.
 # TYPE forkwatch_program_runs_missed_total counter
-forkwatch_program_runs_missed_total{program="btf_tp_exit"} 2
+forkwatch_program_runs_missed_total{program="fw_btf_exit"} 2
 # HELP forkwatch_scrape_errors_total Errors reading the kernel's counters or the proc and cgroup files forkwatch samples once a second (what could not be read is missing from that second's series).
 # TYPE forkwatch_scrape_errors_total counter
 forkwatch_scrape_errors_total 1

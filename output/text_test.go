@@ -167,7 +167,7 @@ func TestTextAttachedGoesToDiag(t *testing.T) {
 	var out, diag bytes.Buffer
 	w := NewText(&out)
 	w.Diag = &diag
-	w.Attached(tracer.ModeTracepoint, []tracer.Attachment{{Program: "tp_exit_clone", Hook: "tracepoint/syscalls/sys_exit_clone"}})
+	w.Attached(tracer.ModeTracepoint, []tracer.Attachment{{Program: "fw_tp_clone", Hook: "tracepoint/syscalls/sys_exit_clone"}})
 	w.Close()
 	if out.Len() != 0 || diag.String() != "forkwatch: tracepoint mode, attached to tracepoint/syscalls/sys_exit_clone\n" {
 		t.Fatalf("stdout %q, stderr %q", out.String(), diag.String())

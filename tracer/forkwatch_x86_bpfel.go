@@ -147,27 +147,27 @@ const (
 	forkwatchMapPidsRefusals        = "pids_refusals"
 	forkwatchMapPidsRefusalsClaimed = "pids_refusals_claimed"
 	forkwatchMapTailedCgroups       = "tailed_cgroups"
-	forkwatchProgBtfTpExit          = "btf_tp_exit"
-	forkwatchProgBtfTpFork          = "btf_tp_fork"
-	forkwatchProgFexitCopyProc      = "fexit_copy_proc"
-	forkwatchProgFexitPidsFork      = "fexit_pids_fork"
-	forkwatchProgKpNewtaskPerf      = "kp_newtask_perf"
-	forkwatchProgKpNewtaskRh7       = "kp_newtask_rh7"
-	forkwatchProgKpNewtaskRing      = "kp_newtask_ring"
-	forkwatchProgKretForkPerf       = "kret_fork_perf"
-	forkwatchProgKretForkRh7        = "kret_fork_rh7"
-	forkwatchProgKretForkRing       = "kret_fork_ring"
-	forkwatchProgKretPidsFork       = "kret_pids_fork"
-	forkwatchProgRawTpExit          = "raw_tp_exit"
-	forkwatchProgRawTpFork          = "raw_tp_fork"
-	forkwatchProgSysctlLimits       = "sysctl_limits"
-	forkwatchProgTpExitClone        = "tp_exit_clone"
-	forkwatchProgTpExitClone3       = "tp_exit_clone3"
-	forkwatchProgTpExitFork         = "tp_exit_fork"
-	forkwatchProgTpExitVfork        = "tp_exit_vfork"
-	forkwatchProgTpPexitPerf        = "tp_pexit_perf"
-	forkwatchProgTpPexitRh7         = "tp_pexit_rh7"
-	forkwatchProgTpPexitRing        = "tp_pexit_ring"
+	forkwatchProgFwBtfExit          = "fw_btf_exit"
+	forkwatchProgFwBtfFork          = "fw_btf_fork"
+	forkwatchProgFwFexitCopy        = "fw_fexit_copy"
+	forkwatchProgFwFexitPids        = "fw_fexit_pids"
+	forkwatchProgFwKforkPerf        = "fw_kfork_perf"
+	forkwatchProgFwKforkRh7         = "fw_kfork_rh7"
+	forkwatchProgFwKforkRing        = "fw_kfork_ring"
+	forkwatchProgFwKpTaskPerf       = "fw_kp_task_perf"
+	forkwatchProgFwKpTaskRh7        = "fw_kp_task_rh7"
+	forkwatchProgFwKpTaskRing       = "fw_kp_task_ring"
+	forkwatchProgFwKretPids         = "fw_kret_pids"
+	forkwatchProgFwRawExit          = "fw_raw_exit"
+	forkwatchProgFwRawFork          = "fw_raw_fork"
+	forkwatchProgFwSysctl           = "fw_sysctl"
+	forkwatchProgFwTpClone          = "fw_tp_clone"
+	forkwatchProgFwTpClone3         = "fw_tp_clone3"
+	forkwatchProgFwTpExitPerf       = "fw_tp_exit_perf"
+	forkwatchProgFwTpExitRh7        = "fw_tp_exit_rh7"
+	forkwatchProgFwTpExitRing       = "fw_tp_exit_ring"
+	forkwatchProgFwTpFork           = "fw_tp_fork"
+	forkwatchProgFwTpVfork          = "fw_tp_vfork"
 	forkwatchVarPerfOutput          = "perf_output"
 	forkwatchVarPidsEvents          = "pids_events"
 	forkwatchVarPidsHierarchy       = "pids_hierarchy"
@@ -222,27 +222,27 @@ type forkwatchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type forkwatchProgramSpecs struct {
-	BtfTpExit     *ebpf.ProgramSpec `ebpf:"btf_tp_exit"`
-	BtfTpFork     *ebpf.ProgramSpec `ebpf:"btf_tp_fork"`
-	FexitCopyProc *ebpf.ProgramSpec `ebpf:"fexit_copy_proc"`
-	FexitPidsFork *ebpf.ProgramSpec `ebpf:"fexit_pids_fork"`
-	KpNewtaskPerf *ebpf.ProgramSpec `ebpf:"kp_newtask_perf"`
-	KpNewtaskRh7  *ebpf.ProgramSpec `ebpf:"kp_newtask_rh7"`
-	KpNewtaskRing *ebpf.ProgramSpec `ebpf:"kp_newtask_ring"`
-	KretForkPerf  *ebpf.ProgramSpec `ebpf:"kret_fork_perf"`
-	KretForkRh7   *ebpf.ProgramSpec `ebpf:"kret_fork_rh7"`
-	KretForkRing  *ebpf.ProgramSpec `ebpf:"kret_fork_ring"`
-	KretPidsFork  *ebpf.ProgramSpec `ebpf:"kret_pids_fork"`
-	RawTpExit     *ebpf.ProgramSpec `ebpf:"raw_tp_exit"`
-	RawTpFork     *ebpf.ProgramSpec `ebpf:"raw_tp_fork"`
-	SysctlLimits  *ebpf.ProgramSpec `ebpf:"sysctl_limits"`
-	TpExitClone   *ebpf.ProgramSpec `ebpf:"tp_exit_clone"`
-	TpExitClone3  *ebpf.ProgramSpec `ebpf:"tp_exit_clone3"`
-	TpExitFork    *ebpf.ProgramSpec `ebpf:"tp_exit_fork"`
-	TpExitVfork   *ebpf.ProgramSpec `ebpf:"tp_exit_vfork"`
-	TpPexitPerf   *ebpf.ProgramSpec `ebpf:"tp_pexit_perf"`
-	TpPexitRh7    *ebpf.ProgramSpec `ebpf:"tp_pexit_rh7"`
-	TpPexitRing   *ebpf.ProgramSpec `ebpf:"tp_pexit_ring"`
+	FwBtfExit    *ebpf.ProgramSpec `ebpf:"fw_btf_exit"`
+	FwBtfFork    *ebpf.ProgramSpec `ebpf:"fw_btf_fork"`
+	FwFexitCopy  *ebpf.ProgramSpec `ebpf:"fw_fexit_copy"`
+	FwFexitPids  *ebpf.ProgramSpec `ebpf:"fw_fexit_pids"`
+	FwKforkPerf  *ebpf.ProgramSpec `ebpf:"fw_kfork_perf"`
+	FwKforkRh7   *ebpf.ProgramSpec `ebpf:"fw_kfork_rh7"`
+	FwKforkRing  *ebpf.ProgramSpec `ebpf:"fw_kfork_ring"`
+	FwKpTaskPerf *ebpf.ProgramSpec `ebpf:"fw_kp_task_perf"`
+	FwKpTaskRh7  *ebpf.ProgramSpec `ebpf:"fw_kp_task_rh7"`
+	FwKpTaskRing *ebpf.ProgramSpec `ebpf:"fw_kp_task_ring"`
+	FwKretPids   *ebpf.ProgramSpec `ebpf:"fw_kret_pids"`
+	FwRawExit    *ebpf.ProgramSpec `ebpf:"fw_raw_exit"`
+	FwRawFork    *ebpf.ProgramSpec `ebpf:"fw_raw_fork"`
+	FwSysctl     *ebpf.ProgramSpec `ebpf:"fw_sysctl"`
+	FwTpClone    *ebpf.ProgramSpec `ebpf:"fw_tp_clone"`
+	FwTpClone3   *ebpf.ProgramSpec `ebpf:"fw_tp_clone3"`
+	FwTpExitPerf *ebpf.ProgramSpec `ebpf:"fw_tp_exit_perf"`
+	FwTpExitRh7  *ebpf.ProgramSpec `ebpf:"fw_tp_exit_rh7"`
+	FwTpExitRing *ebpf.ProgramSpec `ebpf:"fw_tp_exit_ring"`
+	FwTpFork     *ebpf.ProgramSpec `ebpf:"fw_tp_fork"`
+	FwTpVfork    *ebpf.ProgramSpec `ebpf:"fw_tp_vfork"`
 }
 
 // forkwatchMapSpecs contains maps before they are loaded into the kernel.
@@ -347,52 +347,52 @@ type forkwatchVariables struct {
 //
 // It can be passed to loadForkwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type forkwatchPrograms struct {
-	BtfTpExit     *ebpf.Program `ebpf:"btf_tp_exit"`
-	BtfTpFork     *ebpf.Program `ebpf:"btf_tp_fork"`
-	FexitCopyProc *ebpf.Program `ebpf:"fexit_copy_proc"`
-	FexitPidsFork *ebpf.Program `ebpf:"fexit_pids_fork"`
-	KpNewtaskPerf *ebpf.Program `ebpf:"kp_newtask_perf"`
-	KpNewtaskRh7  *ebpf.Program `ebpf:"kp_newtask_rh7"`
-	KpNewtaskRing *ebpf.Program `ebpf:"kp_newtask_ring"`
-	KretForkPerf  *ebpf.Program `ebpf:"kret_fork_perf"`
-	KretForkRh7   *ebpf.Program `ebpf:"kret_fork_rh7"`
-	KretForkRing  *ebpf.Program `ebpf:"kret_fork_ring"`
-	KretPidsFork  *ebpf.Program `ebpf:"kret_pids_fork"`
-	RawTpExit     *ebpf.Program `ebpf:"raw_tp_exit"`
-	RawTpFork     *ebpf.Program `ebpf:"raw_tp_fork"`
-	SysctlLimits  *ebpf.Program `ebpf:"sysctl_limits"`
-	TpExitClone   *ebpf.Program `ebpf:"tp_exit_clone"`
-	TpExitClone3  *ebpf.Program `ebpf:"tp_exit_clone3"`
-	TpExitFork    *ebpf.Program `ebpf:"tp_exit_fork"`
-	TpExitVfork   *ebpf.Program `ebpf:"tp_exit_vfork"`
-	TpPexitPerf   *ebpf.Program `ebpf:"tp_pexit_perf"`
-	TpPexitRh7    *ebpf.Program `ebpf:"tp_pexit_rh7"`
-	TpPexitRing   *ebpf.Program `ebpf:"tp_pexit_ring"`
+	FwBtfExit    *ebpf.Program `ebpf:"fw_btf_exit"`
+	FwBtfFork    *ebpf.Program `ebpf:"fw_btf_fork"`
+	FwFexitCopy  *ebpf.Program `ebpf:"fw_fexit_copy"`
+	FwFexitPids  *ebpf.Program `ebpf:"fw_fexit_pids"`
+	FwKforkPerf  *ebpf.Program `ebpf:"fw_kfork_perf"`
+	FwKforkRh7   *ebpf.Program `ebpf:"fw_kfork_rh7"`
+	FwKforkRing  *ebpf.Program `ebpf:"fw_kfork_ring"`
+	FwKpTaskPerf *ebpf.Program `ebpf:"fw_kp_task_perf"`
+	FwKpTaskRh7  *ebpf.Program `ebpf:"fw_kp_task_rh7"`
+	FwKpTaskRing *ebpf.Program `ebpf:"fw_kp_task_ring"`
+	FwKretPids   *ebpf.Program `ebpf:"fw_kret_pids"`
+	FwRawExit    *ebpf.Program `ebpf:"fw_raw_exit"`
+	FwRawFork    *ebpf.Program `ebpf:"fw_raw_fork"`
+	FwSysctl     *ebpf.Program `ebpf:"fw_sysctl"`
+	FwTpClone    *ebpf.Program `ebpf:"fw_tp_clone"`
+	FwTpClone3   *ebpf.Program `ebpf:"fw_tp_clone3"`
+	FwTpExitPerf *ebpf.Program `ebpf:"fw_tp_exit_perf"`
+	FwTpExitRh7  *ebpf.Program `ebpf:"fw_tp_exit_rh7"`
+	FwTpExitRing *ebpf.Program `ebpf:"fw_tp_exit_ring"`
+	FwTpFork     *ebpf.Program `ebpf:"fw_tp_fork"`
+	FwTpVfork    *ebpf.Program `ebpf:"fw_tp_vfork"`
 }
 
 func (p *forkwatchPrograms) Close() error {
 	return _ForkwatchClose(
-		p.BtfTpExit,
-		p.BtfTpFork,
-		p.FexitCopyProc,
-		p.FexitPidsFork,
-		p.KpNewtaskPerf,
-		p.KpNewtaskRh7,
-		p.KpNewtaskRing,
-		p.KretForkPerf,
-		p.KretForkRh7,
-		p.KretForkRing,
-		p.KretPidsFork,
-		p.RawTpExit,
-		p.RawTpFork,
-		p.SysctlLimits,
-		p.TpExitClone,
-		p.TpExitClone3,
-		p.TpExitFork,
-		p.TpExitVfork,
-		p.TpPexitPerf,
-		p.TpPexitRh7,
-		p.TpPexitRing,
+		p.FwBtfExit,
+		p.FwBtfFork,
+		p.FwFexitCopy,
+		p.FwFexitPids,
+		p.FwKforkPerf,
+		p.FwKforkRh7,
+		p.FwKforkRing,
+		p.FwKpTaskPerf,
+		p.FwKpTaskRh7,
+		p.FwKpTaskRing,
+		p.FwKretPids,
+		p.FwRawExit,
+		p.FwRawFork,
+		p.FwSysctl,
+		p.FwTpClone,
+		p.FwTpClone3,
+		p.FwTpExitPerf,
+		p.FwTpExitRh7,
+		p.FwTpExitRing,
+		p.FwTpFork,
+		p.FwTpVfork,
 	)
 }
 

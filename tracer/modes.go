@@ -101,38 +101,38 @@ const kretprobeMaxActive = 4096
 // jobs returns what to attach for mode, best plan first. perf selects the
 // programs writing to a perf event array; rh7 those for 3.10's cgroups.
 func jobs(mode Mode, perf, rh7 bool) ([]job, error) {
-	kretFork, kpNewTask, tpExit := forkwatchProgKretForkRing, forkwatchProgKpNewtaskRing, forkwatchProgTpPexitRing
+	kretFork, kpNewTask, tpExit := forkwatchProgFwKforkRing, forkwatchProgFwKpTaskRing, forkwatchProgFwTpExitRing
 	switch {
 	case rh7:
-		kretFork, kpNewTask, tpExit = forkwatchProgKretForkRh7, forkwatchProgKpNewtaskRh7, forkwatchProgTpPexitRh7
+		kretFork, kpNewTask, tpExit = forkwatchProgFwKforkRh7, forkwatchProgFwKpTaskRh7, forkwatchProgFwTpExitRh7
 	case perf:
-		kretFork, kpNewTask, tpExit = forkwatchProgKretForkPerf, forkwatchProgKpNewtaskPerf, forkwatchProgTpPexitPerf
+		kretFork, kpNewTask, tpExit = forkwatchProgFwKforkPerf, forkwatchProgFwKpTaskPerf, forkwatchProgFwTpExitPerf
 	}
 	failures := map[Mode][]plan{
-		ModeFentry: {{ModeFentry, []hook{{prog: forkwatchProgFexitCopyProc, kind: onFexit, at: []string{"copy_process"}}}}},
+		ModeFentry: {{ModeFentry, []hook{{prog: forkwatchProgFwFexitCopy, kind: onFexit, at: []string{"copy_process"}}}}},
 		ModeTracepoint: {{ModeTracepoint, []hook{
-			{prog: forkwatchProgTpExitClone, kind: onTracepoint, at: []string{"syscalls", "sys_exit_clone"}},
-			{prog: forkwatchProgTpExitClone3, kind: onTracepoint, at: []string{"syscalls", "sys_exit_clone3"}, optional: true},
-			{prog: forkwatchProgTpExitFork, kind: onTracepoint, at: []string{"syscalls", "sys_exit_fork"}},
-			{prog: forkwatchProgTpExitVfork, kind: onTracepoint, at: []string{"syscalls", "sys_exit_vfork"}},
+			{prog: forkwatchProgFwTpClone, kind: onTracepoint, at: []string{"syscalls", "sys_exit_clone"}},
+			{prog: forkwatchProgFwTpClone3, kind: onTracepoint, at: []string{"syscalls", "sys_exit_clone3"}, optional: true},
+			{prog: forkwatchProgFwTpFork, kind: onTracepoint, at: []string{"syscalls", "sys_exit_fork"}},
+			{prog: forkwatchProgFwTpVfork, kind: onTracepoint, at: []string{"syscalls", "sys_exit_vfork"}},
 		}}},
 		ModeKprobe: {{ModeKprobe, []hook{{prog: kretFork, kind: onKretprobe, at: forkPath, maxActive: true}}}},
 	}
 	refusals := map[Mode][]plan{
-		ModeFentry: {{ModeFentry, []hook{{prog: forkwatchProgFexitPidsFork, kind: onFexit, at: []string{"pids_can_fork"}}}}},
-		ModeKprobe: {{ModeKprobe, []hook{{prog: forkwatchProgKretPidsFork, kind: onKretprobe, at: []string{"pids_can_fork"}}}}},
+		ModeFentry: {{ModeFentry, []hook{{prog: forkwatchProgFwFexitPids, kind: onFexit, at: []string{"pids_can_fork"}}}}},
+		ModeKprobe: {{ModeKprobe, []hook{{prog: forkwatchProgFwKretPids, kind: onKretprobe, at: []string{"pids_can_fork"}}}}},
 	}
 	// The task counters run on every creation and exit on the node: BTF
 	// tracepoints (5.5+) read the task directly, raw ones through helpers.
 	tasks := map[Mode][]plan{
 		ModeTracepoint: {
 			{ModeTracepoint, []hook{
-				{prog: forkwatchProgBtfTpFork, kind: onBTFTracepoint, at: []string{"sched_process_fork"}},
-				{prog: forkwatchProgBtfTpExit, kind: onBTFTracepoint, at: []string{"sched_process_exit"}},
+				{prog: forkwatchProgFwBtfFork, kind: onBTFTracepoint, at: []string{"sched_process_fork"}},
+				{prog: forkwatchProgFwBtfExit, kind: onBTFTracepoint, at: []string{"sched_process_exit"}},
 			}},
 			{ModeTracepoint, []hook{
-				{prog: forkwatchProgRawTpFork, kind: onRawTracepoint, at: []string{"sched_process_fork"}},
-				{prog: forkwatchProgRawTpExit, kind: onRawTracepoint, at: []string{"sched_process_exit"}},
+				{prog: forkwatchProgFwRawFork, kind: onRawTracepoint, at: []string{"sched_process_fork"}},
+				{prog: forkwatchProgFwRawExit, kind: onRawTracepoint, at: []string{"sched_process_exit"}},
 			}},
 		},
 		ModeKprobe: {{ModeKprobe, []hook{

@@ -157,7 +157,7 @@ const jobLimitChanges = "limit changes"
 
 // attachSysctlWatch attaches the program that copies writes of
 // kernel.threads-max and kernel.pid_max into the BPF side's node limits as
-// they happen (see sysctl_limits in bpf/). Without it the copy follows
+// they happen (see fw_sysctl in bpf/). Without it the copy follows
 // within a second (RefreshNodeLimits), so a failure is a Fallback, not an
 // error.
 func (t *Tracer) attachSysctlWatch(l *loader) {
@@ -169,7 +169,7 @@ func (t *Tracer) attachSysctlWatch(l *loader) {
 		fallback("cgroup/sysctl: no cgroup v2 hierarchy is mounted")
 		return
 	}
-	prog, err := l.program(forkwatchProgSysctlLimits)
+	prog, err := l.program(forkwatchProgFwSysctl)
 	if err != nil {
 		fallback("cgroup/sysctl: " + short(err))
 		return
@@ -182,5 +182,5 @@ func (t *Tracer) attachSysctlWatch(l *loader) {
 	}
 	t.progs = append(t.progs, prog)
 	t.links = append(t.links, lk)
-	t.attached = append(t.attached, Attachment{Program: forkwatchProgSysctlLimits, Hook: "cgroup/sysctl:" + dir, Mode: t.mode})
+	t.attached = append(t.attached, Attachment{Program: forkwatchProgFwSysctl, Hook: "cgroup/sysctl:" + dir, Mode: t.mode})
 }

@@ -593,7 +593,7 @@ func (t *Tracer) missedForkReturns() uint64 {
 // SetNodeLimits hands kernel.pid_max and kernel.threads-max to the BPF
 // side, which cannot read them on every kernel. Call it periodically with
 // the values in force: both are sysctls an operator may change during an
-// incident (where a cgroup v2 hierarchy is mounted, sysctl_limits also
+// incident (where a cgroup v2 hierarchy is mounted, fw_sysctl also
 // copies each write as it happens).
 func (t *Tracer) SetNodeLimits(pidMax, threadsMax int64) error {
 	v := forkwatchNodeLimits{PidMax: pidMax, ThreadsMax: threadsMax}
