@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // rssKiB is a process's resident set size.
@@ -92,7 +93,15 @@ func TestCgroupChurn(t *testing.T) {
 	churn(100) // warm up: caches, maps, the Go heap
 	baseSeries, baseRSS := seriesCount(t, addr, mine), rssKiB(t, pid)
 	churn(1000)
-	series, rss := seriesCount(t, addr, mine), rssKiB(t, pid)
+	// The metrics render the sampler's last second, which still saw the
+	// pods of the churn's last second: give it a few samples to see them
+	// gone, then count.
+	series := seriesCount(t, addr, mine)
+	for deadline := time.Now().Add(15 * time.Second); series > baseSeries+20 && time.Now().Before(deadline); {
+		time.Sleep(500 * time.Millisecond)
+		series = seriesCount(t, addr, mine)
+	}
+	rss := rssKiB(t, pid)
 	t.Logf("after 1000 pods came and went: %d series (was %d), RSS %d KiB (was %d)", series, baseSeries, rss, baseRSS)
 	if series > baseSeries+20 {
 		t.Errorf("series grew from %d to %d with pod churn", baseSeries, series)

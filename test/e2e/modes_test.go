@@ -55,7 +55,8 @@ func otherModeArgs() []string {
 // it, is refused with one line naming the mode, exit code 2 and nothing left
 // loaded; auto picks the best mode that runs. On this project's CI machine
 // (6.18) fentry is refused (EPERM) and there are no kprobes: auto picks
-// tracepoint. test/vm runs this on kernels where all three work.
+// tracepoint. test/vm runs this on kernels where all three work, and says
+// so in FORKWATCH_EXPECT_MODES.
 func TestModes(t *testing.T) {
 	requireRoot(t)
 	works := map[string]bool{}
@@ -95,6 +96,14 @@ func TestModes(t *testing.T) {
 	}
 	if !works["tracepoint"] && !works["kprobe"] {
 		t.Error("neither tracepoint nor kprobe mode runs: forkwatch supports kernels from 3.10 on")
+	}
+	// Where the kernel is known (test/vm's cells: Debian's cloud kernels
+	// take all three), a mode it should take and refuses is a regression,
+	// not a kernel's limit.
+	for _, m := range strings.Fields(os.Getenv("FORKWATCH_EXPECT_MODES")) {
+		if !works[m] {
+			t.Errorf("--mode %s was refused, but this kernel (%s) runs it", m, os.Getenv("FORKWATCH_VM_KERNEL"))
+		}
 	}
 }
 
