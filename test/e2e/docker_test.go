@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -352,28 +351,7 @@ func removeCgroups(t *testing.T, rel string) {
 		if i < 0 || i+1 >= len(f) || (f[i+1] != "cgroup" && f[i+1] != "cgroup2") {
 			continue
 		}
-		top := filepath.Join(f[4], rel)
-		var dirs []string
-		_ = filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-		for i := len(dirs) - 1; i >= 0; i-- {
-			for try := 0; try < 50; try++ {
-				procs, _ := os.ReadFile(filepath.Join(dirs[i], "cgroup.procs"))
-				for _, p := range strings.Fields(string(procs)) {
-					pid, _ := strconv.Atoi(p)
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
-				if err := os.Remove(dirs[i]); err == nil || errors.Is(err, fs.ErrNotExist) {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}
-		if _, err := os.Lstat(top); err == nil {
+		if top := filepath.Join(f[4], rel); !removeCgroupTree(top) {
 			t.Errorf("could not remove cgroup %s", top)
 		}
 	}

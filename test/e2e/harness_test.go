@@ -142,6 +142,14 @@ func (tr *testTree) setMax(rel string, max int) {
 // remove kills whatever is left in the tree and removes it, deepest first.
 func (tr *testTree) remove() {
 	top := filepath.Join(tr.root, tr.base)
+	if !removeCgroupTree(top) {
+		tr.t.Errorf("could not remove test cgroup %s", top)
+	}
+}
+
+// removeCgroupTree kills whatever is left in the cgroup at top and below it
+// and removes them, deepest first; it reports whether top is gone.
+func removeCgroupTree(top string) bool {
 	var dirs []string
 	_ = filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.IsDir() {
@@ -163,9 +171,8 @@ func (tr *testTree) remove() {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	if _, err := os.Stat(top); err == nil {
-		tr.t.Errorf("could not remove test cgroup %s", top)
-	}
+	_, err := os.Lstat(top)
+	return err != nil
 }
 
 func randomHex(n int) string {

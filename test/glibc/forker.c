@@ -27,28 +27,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define SETUP_FAILURE_EXIT 2
+#include "common.h"
+
 #define MAX_CHILDREN 4096
-
-static void die(const char *what)
-{
-	fprintf(stderr, "forker: %s: %s\n", what, strerror(errno));
-	exit(2);
-}
-
-static void join_cgroup(const char *dir)
-{
-	char path[4096], pid[32];
-	int fd, n;
-
-	snprintf(path, sizeof path, "%s/cgroup.procs", dir);
-	fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		die(path);
-	n = snprintf(pid, sizeof pid, "%d", getpid());
-	if (write(fd, pid, n) != n)
-		die(path);
-	close(fd);
-}
 
 static void usage(void)
 {

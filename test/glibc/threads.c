@@ -43,6 +43,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#define SETUP_FAILURE_EXIT 1
+#include "common.h"
+
 #ifndef __NR_clone3
 #define __NR_clone3 435 /* the same number on x86-64 and arm64 */
 #endif
@@ -58,27 +61,6 @@
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int released;
-
-static void die(const char *what)
-{
-	fprintf(stderr, "threads: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
-
-static void join_cgroup(const char *dir)
-{
-	char path[4096], pid[32];
-	int fd, n;
-
-	snprintf(path, sizeof path, "%s/cgroup.procs", dir);
-	fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		die(path);
-	n = snprintf(pid, sizeof pid, "%d", getpid());
-	if (write(fd, pid, n) != n)
-		die(path);
-	close(fd);
-}
 
 /* What the runtimes' default profiles do for clone3: ENOSYS on the native
  * architecture, everything else allowed. */
