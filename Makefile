@@ -1,5 +1,8 @@
 # forkwatch — `make help` lists the targets.
 
+# Go as Debian 12 machines here have it, also when /usr/local/go/bin is not
+# on the caller's PATH (the tests run go too).
+export PATH := $(PATH):/usr/local/go/bin
 GO        ?= go
 # The BPF objects are generated with this exact compiler (Debian 12's
 # clang-19) so that a regeneration reproduces the committed files.
@@ -13,7 +16,7 @@ export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 
 GENERATED := tracer/forkwatch_x86_bpfel.go tracer/forkwatch_x86_bpfel.o
 
-.PHONY: help build run generate check-generate vet test test-unit test-e2e test-deploy test-vm bench fuzz clean
+.PHONY: help build run deps generate check-generate vet test test-unit test-e2e test-deploy test-vm bench fuzz clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,6 +26,9 @@ build: ## build bin/forkwatch (no clang needed: the BPF objects are committed)
 
 run: build ## build and run forkwatch on this node (needs root), e.g. make run ARGS="-o json"
 	./bin/forkwatch $(ARGS)
+
+deps: ## install what the test suite needs and a Debian 12 machine lacks (root; test/deps.sh)
+	test/deps.sh
 
 generate: ## regenerate the BPF objects and their Go bindings from bpf/ with $(CLANG)
 	$(GO) generate ./tracer/
@@ -48,7 +54,7 @@ fuzz: ## run each fuzz target briefly (seed corpora in testdata/fuzz)
 test-deploy: ## manifests, alert rules (promtool) and dashboard queries, in deploy/'s own module
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 
-test: check-generate vet ## the whole suite: generation check, vet, unit, end-to-end here and under qemu, deploy, fuzz
+test: deps check-generate vet ## the whole suite, as root: packages it needs, generation check, vet, unit, end-to-end here and under qemu, deploy, fuzz
 	$(GO) test -count=1 ./...
 	$(MAKE) test-deploy
 	$(MAKE) test-vm
