@@ -15,18 +15,51 @@
 # (or FORKWATCH_VM_REFRESH=1) resolves it again, e.g. to pick up a new "newest".
 #
 # Environment: FORKWATCH_VM_CACHE (default test/vm/.cache), FORKWATCH_VM_MIRROR
-# (default http://deb.debian.org/debian), FORKWATCH_VM_SECURITY_MIRROR (default
-# http://deb.debian.org/debian-security).
+# and FORKWATCH_VM_SECURITY_MIRROR (default: the archive and the security
+# archive this machine's own apt sources name, read from
+# /etc/apt/sources.list and /etc/apt/sources.list.d; only read, never
+# changed).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${FORKWATCH_VM_CACHE:-$here/.cache}
-mirror=${FORKWATCH_VM_MIRROR:-http://deb.debian.org/debian}
-security=${FORKWATCH_VM_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 
 log() { printf 'kernels.sh: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
+
+# host_archive security|main: the first URI this machine's apt sources use
+# for a suite ending in -security, or for one that does not. Both formats:
+# one-line sources.list ("deb [opts] URI SUITE COMPONENT...") and deb822
+# .sources files ("URIs:" and "Suites:" in one stanza).
+host_archive() {
+	local want=$1 f
+	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+		[[ -r $f ]] || continue
+		awk -v want="$want" '
+			function pick(uri, suite) {
+				if ((suite ~ /-security$/) == (want == "security")) { print uri; found = 1; exit }
+			}
+			/^[ \t]*#/ { next }
+			FILENAME ~ /\.sources$/ {
+				if (/^[ \t]*$/) { uris = ""; suites = ""; next }
+				if (sub(/^URIs:[ \t]*/, "")) uris = $1
+				if (sub(/^Suites:[ \t]*/, "")) suites = $0
+				if (uris != "" && suites != "") { n = split(suites, s, /[ \t]+/); for (i = 1; i <= n; i++) pick(uris, s[i]); uris = ""; suites = "" }
+				next
+			}
+			$1 == "deb" {
+				i = 2
+				if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+				pick($i, $(i + 1))
+			}
+			END { exit !found }' "$f" && return 0
+	done
+	return 1
+}
+
+mirror=${FORKWATCH_VM_MIRROR:-$(host_archive main || true)}
+security=${FORKWATCH_VM_SECURITY_MIRROR:-$(host_archive security || true)}
 
 usage() {
 	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
@@ -57,6 +90,7 @@ pattern_of() {
 aptdir() {
 	local dist=$1 dir=$cache/apt/$1 key
 	[[ -r $keyring ]] || die "$keyring missing: install Debian's debian-archive-keyring"
+	[[ -n $mirror && -n $security ]] || die "no Debian archive and security archive in this machine's apt sources: set FORKWATCH_VM_MIRROR and FORKWATCH_VM_SECURITY_MIRROR"
 	mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/empty"
 	key="[signed-by=$keyring]"
 	{
