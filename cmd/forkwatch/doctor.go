@@ -66,8 +66,10 @@ func runDoctor(args []string, stdout io.Writer) error {
 	podLogsDir := fs.String("pod-logs-dir", "/var/log/pods", "kubelet's pod log directory, <namespace>_<name>_<uid>/ per pod, used to name pods")
 	procRoot := fs.String("proc-root", "/proc", "where proc is mounted")
 	kubepods := fs.String("kubepods", "", "the kubepods cgroup, relative to --cgroup-root (default: /kubepods or /kubepods.slice)")
+	systemdDirs := fs.StringArray("systemd-dir", nil, "a systemd unit directory to read instead of the system's (repeat, highest priority first)")
 	_ = fs.MarkHidden("proc-root")
 	_ = fs.MarkHidden("kubepods")
+	_ = fs.MarkHidden("systemd-dir")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: forkwatch doctor [flags]\n\nChecks this node's PID and thread limits (kernel.pid_max, threads-max, pids\ncgroups down to each pod, systemd TasksMax=, nproc) before they refuse forks.\nExit code 0: no risk (warnings allowed); 1: a risk was found; 2: bad input.\n\nFlags:\n%s", fs.FlagUsages())
 	}
@@ -94,6 +96,9 @@ func runDoctor(args []string, stdout io.Writer) error {
 	cfg.ProcRoot = *procRoot
 	cfg.Kubepods = *kubepods
 	cfg.PodLogsDir = *podLogsDir
+	if len(*systemdDirs) > 0 {
+		cfg.SystemdDirs = *systemdDirs
+	}
 	if fs.Changed("pod-logs-dir") {
 		// The default may be missing (not a kubelet node: pods are then
 		// named by UID); a directory asked for must exist.
