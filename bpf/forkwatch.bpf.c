@@ -663,9 +663,9 @@ static __always_inline bool claim_pids_refusal(struct cgroup_subsys_state *css, 
 		cg = BPF_CORE_READ(css, cgroup);
 		if (!claim_refusal(cgroup_id(cg, v), pids_refusal_count((struct pids_cgroup *)css)))
 			return false;
-		if (!find_pids_limit(css, depth, hit, true, v))
-			__builtin_memset(hit, 0, sizeof(*hit));
-		return true;
+		/* Some cgroup on the path refused, so one has a limit (unless
+		 * it was lifted since): name the nearest. */
+		return find_pids_limit(css, depth, hit, true, v);
 	}
 	if (pids_events != PIDS_EVENTS_LIMIT)
 		return false;
@@ -875,8 +875,12 @@ static __always_inline void classify(struct event *e, struct task_struct *task, 
 			hit.level = refusal->limit_level;
 			hit.current = refusal->limit_current;
 			hit.max = refusal->limit_max;
-		} else {
-			find_pids_limit(css, depth, &hit, true, v);
+		} else if (!find_pids_limit(css, depth, &hit, true, v)) {
+			/* kprobe mode: the pids controller refused, yet no cgroup
+			 * on the caller's path has a limit: the child was to join
+			 * another cgroup (clone3 with CLONE_INTO_CGROUP), which a
+			 * kretprobe cannot see. Unknown rather than a guess. */
+			return;
 		}
 		set_pids_cause(e, &hit);
 		return;
