@@ -2,9 +2,6 @@ package output
 
 import (
 	"fmt"
-	"io"
-	"math"
-	"strings"
 	"time"
 
 	"github.com/forkwatch/forkwatch/output/node"
@@ -116,123 +113,56 @@ func (j *JSON) Rates(s *node.Snapshot, periodic bool) error {
 }
 
 // Rates prints spike transitions as they happen and, when periodic, a
-// ranked summary; on a terminal (Live) it redraws a top-like table every
-// second instead, with the latest failures below it.
+// ranked summary laid out for pipedWidth columns; on a terminal (Live) it
+// redraws a top-like view every second instead, fitted to the terminal,
+// with the latest failures and spikes below it.
 func (t *Text) Rates(s *node.Snapshot, periodic bool) error {
 	if t.Live {
 		for _, tr := range s.Transitions {
-			t.remember(spikeLine(s.Time, &tr))
+			t.remember(spikeLine(s.Time, &tr, true))
 		}
 		return t.redraw(s)
 	}
 	for _, tr := range s.Transitions {
-		t.w.WriteString(spikeLine(s.Time, &tr) + "\n")
+		t.w.WriteString(spikeLine(s.Time, &tr, false).String() + "\n")
 	}
 	if periodic {
 		t.w.WriteString(s.Time.Format("15:04:05") + "  tasks created, by pod:\n")
-		writeTable(t.w, s)
+		for _, l := range podTable(s, pipedWidth, topPods) {
+			t.w.WriteString(l + "\n")
+		}
+		for _, l := range limitTable(s, pipedWidth, topLimits) {
+			t.w.WriteString(l + "\n")
+		}
 	}
 	return t.w.Flush()
 }
 
-func spikeLine(at time.Time, tr *node.SpikeTransition) string {
+// spikeLine renders a pod starting or stopping to spike, e.g.
+//
+//	14:02:05  SPIKE  shop/cart-7d9  leak: 300/s created (usual 12/s), net +280/s (usual +0/s), 4120 tasks, 52 left under /kubepods
+//
+// A pod's own limit is "pod pids.max"; other cgroups are named in full, or
+// short for the live view.
+func spikeLine(at time.Time, tr *node.SpikeTransition, short bool) eventLine {
 	p := &tr.Pod
+	l := eventLine{head: at.Format("15:04:05") + "  SPIKE  ", who: Who(p.Cgroup, p.Who)}
 	if !tr.Start {
-		return fmt.Sprintf("%s  SPIKE OVER  %s  now %s/s, net %+.0f/s", at.Format("15:04:05"), Who(p.Cgroup, p.Who), num(p.Rate1s), p.Net10s)
+		l.head = at.Format("15:04:05") + "  SPIKE OVER  "
+		l.tail = fmt.Sprintf("  now %s/s, net %s/s", num(p.Rate1s), signed(p.Net10s))
+		return l
 	}
-	line := fmt.Sprintf("%s  SPIKE  %s  %s: %s/s created (usual %s/s), net %+.0f/s (usual %+.0f/s)",
-		at.Format("15:04:05"), Who(p.Cgroup, p.Who), p.Reason, num(p.Rate1s), num(p.Baseline), p.Net10s, p.BaselineGrowth)
+	l.tail = fmt.Sprintf("  %s: %s/s created (usual %s/s), net %s/s (usual %s/s)",
+		p.Reason, num(p.Rate1s), num(p.Baseline), signed(p.Net10s), signed(p.BaselineGrowth))
 	if p.Tasks >= 0 {
-		line += fmt.Sprintf(", %d tasks", p.Tasks)
+		l.tail += fmt.Sprintf(", %d tasks", p.Tasks)
 	}
 	if p.Limit != nil {
-		line += fmt.Sprintf(", %d left under %s", p.Limit.Headroom, p.Limit.Name)
-	}
-	return line
-}
-
-// writeTable writes the ranked pods and the limits' forecasts.
-func writeTable(w io.StringWriter, s *node.Snapshot) {
-	w.WriteString(fmt.Sprintf("  %-40s %8s %8s %8s %8s %8s %8s %8s %7s  %s\n",
-		"POD", "NOW/s", "10s", "60s", "NET/s", "p50", "p99", "max", "TASKS", "NEAREST LIMIT"))
-	for i := range s.Pods {
-		if i == topPods {
-			w.WriteString(fmt.Sprintf("  … %d more\n", len(s.Pods)-topPods))
-			break
+		name := p.Limit.Name
+		if short || name == p.Cgroup {
+			name = limitName(p.Limit.Name, p.Cgroup, 40)
 		}
-		p := &s.Pods[i]
-		name := Who(p.Cgroup, p.Who)
-		if p.Spiking {
-			name = strings.ToUpper(p.Reason) + " " + name
-		}
-		tasks, lim := "-", ""
-		if p.Tasks >= 0 {
-			tasks = fmt.Sprint(p.Tasks)
-		}
-		if p.Limit != nil {
-			lim = fmt.Sprintf("%s (%d left)", p.Limit.Name, p.Limit.Headroom)
-		}
-		w.WriteString(fmt.Sprintf("  %-40s %8s %8s %8s %+8.0f %8s %8s %8s %7s  %s\n",
-			clip(name, 40), num(p.Rate1s), num(p.Rate10s), num(p.Rate60s), math.Round(p.Net10s)+0,
-			num(p.P50), num(p.P99), num(p.Max), tasks, lim))
+		l.tail += fmt.Sprintf(", %d left under %s", p.Limit.Headroom, name)
 	}
-	w.WriteString(fmt.Sprintf("  %-40s %17s %8s  %s\n", "LIMIT", "USED", "NET/s", "RUNS OUT IN"))
-	for _, f := range s.Forecasts {
-		left := "-"
-		switch {
-		case f.HasForecast && f.SecondsLeft > 86400:
-			left = "> 1 day"
-		case f.HasForecast:
-			left = (time.Duration(f.SecondsLeft) * time.Second).String()
-		}
-		w.WriteString(fmt.Sprintf("  %-40s %17s %+8.1f  %s\n", clip(f.Limit, 40), fmt.Sprintf("%d/%d", f.Current, f.Max), f.Growth, left))
-	}
-}
-
-// num renders a rate compactly: 0, 12, 1.5k, 23k.
-func num(v float64) string {
-	switch {
-	case v >= 10000:
-		return fmt.Sprintf("%.0fk", v/1000)
-	case v >= 1000:
-		return fmt.Sprintf("%.1fk", v/1000)
-	}
-	return fmt.Sprintf("%.0f", math.Round(v))
-}
-
-func clip(s string, n int) string {
-	if len([]rune(s)) <= n {
-		return s
-	}
-	r := []rune(s)
-	return string(r[:n-1]) + "…"
-}
-
-// recentLines is how many failure/spike lines the live view keeps below
-// the table.
-const recentLines = 12
-
-func (t *Text) remember(line string) {
-	t.recent = append(t.recent, line)
-	if len(t.recent) > recentLines {
-		t.recent = t.recent[len(t.recent)-recentLines:]
-	}
-}
-
-// redraw clears the terminal and draws the live view.
-func (t *Text) redraw(s *node.Snapshot) error {
-	var b strings.Builder
-	b.WriteString("\x1b[H\x1b[2J") // home, clear
-	fmt.Fprintf(&b, "forkwatch  %s  node: %d tasks, pid_max %d, threads-max %d  (Ctrl-C to quit)\n\n",
-		s.Time.Format("15:04:05"), s.Node.Tasks, s.Node.PidMax, s.Node.ThreadsMax)
-	writeTable(&b, s)
-	b.WriteString("\nRECENT FAILURES AND SPIKES\n")
-	if len(t.recent) == 0 {
-		b.WriteString("  none\n")
-	}
-	for _, l := range t.recent {
-		b.WriteString("  " + l + "\n")
-	}
-	t.w.WriteString(b.String())
-	return t.w.Flush()
+	return l
 }

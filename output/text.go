@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/forkwatch/forkwatch/output/node"
+	"github.com/forkwatch/forkwatch/output/node/kube"
 	"github.com/forkwatch/forkwatch/tracer"
 )
 
@@ -38,9 +39,15 @@ type Text struct {
 	// Live redraws a top-like table every second (on a terminal); event
 	// lines then go below the table instead of scrolling.
 	Live bool
+	// Size, when set, is the live view's terminal size (columns, rows;
+	// rows 0: no limit). Unset, it is read from the terminal NewText was
+	// given, on every redraw.
+	Size func() (cols, rows int)
 
+	out    io.Writer
+	term   *os.File // out, when it is a file: its terminal size
 	folds  map[foldKey]*fold
-	recent []string
+	recent []eventLine
 }
 
 type foldKey struct {
@@ -62,7 +69,9 @@ type fold struct {
 
 // NewText returns a text writer on w.
 func NewText(w io.Writer) *Text {
-	return &Text{w: bufio.NewWriter(w), Diag: os.Stderr, folds: make(map[foldKey]*fold)}
+	t := &Text{w: bufio.NewWriter(w), out: w, Diag: os.Stderr, folds: make(map[foldKey]*fold)}
+	t.term, _ = w.(*os.File)
+	return t
 }
 
 // Attached writes the chosen mode and hooks to Diag.
@@ -104,32 +113,32 @@ func (t *Text) Failure(f *node.Failure) error {
 //	14:02:11  + thread   java[88123] tid 88200 (shop/cart-7d9)
 //	14:02:12  calico-node[4121] (kube-system/calico-node-56bgm) exited (code 2) 180 ms after 20 failed clones
 func (t *Text) Task(ev *node.TaskEvent) error {
-	var b strings.Builder
-	b.WriteString(ev.Time.Format("15:04:05"))
-	b.WriteString("  ")
+	at := ev.Time.Format("15:04:05") + "  "
 	if ev.Failures > 0 {
 		// The failures come first: print the victim's bursts now.
 		if err := t.flush(func(k foldKey, _ *fold) bool { return k.pid == ev.PID }); err != nil {
 			return err
 		}
-		fmt.Fprintf(&b, "%s[%d] (%s) exited (%s) %d ms after %d failed %ss",
-			ev.Comm, ev.PID, Who(ev.Cgroup, ev.Who), exitText(ev),
-			ev.Time.Sub(ev.LastFailure).Milliseconds(), ev.Failures, ev.FailedSyscall)
-	} else {
-		sign := "+"
-		if ev.Event == "task_exited" {
-			sign = "-"
-		}
-		fmt.Fprintf(&b, "%s %-7s  %s[%d]", sign, ev.Kind, ev.Comm, ev.PID)
-		if ev.TID != ev.PID {
-			fmt.Fprintf(&b, " tid %d", ev.TID)
-		}
-		fmt.Fprintf(&b, " (%s)", Who(ev.Cgroup, ev.Who))
-		if ev.Event == "task_exited" && ev.Kind == tracer.KindProcess {
-			b.WriteString(" " + exitText(ev))
-		}
+		t.emit(eventLine{head: at, caller: fmt.Sprintf("%s[%d]", ev.Comm, ev.PID), who: Who(ev.Cgroup, ev.Who),
+			tail: fmt.Sprintf(" exited (%s) %d ms after %d failed %ss", exitText(ev),
+				ev.Time.Sub(ev.LastFailure).Milliseconds(), ev.Failures, ev.FailedSyscall)})
+		return nil
 	}
-	t.emit(b.String())
+	var b strings.Builder
+	b.WriteString(at)
+	sign := "+"
+	if ev.Event == "task_exited" {
+		sign = "-"
+	}
+	fmt.Fprintf(&b, "%s %-7s  %s[%d]", sign, ev.Kind, ev.Comm, ev.PID)
+	if ev.TID != ev.PID {
+		fmt.Fprintf(&b, " tid %d", ev.TID)
+	}
+	fmt.Fprintf(&b, " (%s)", Who(ev.Cgroup, ev.Who))
+	if ev.Event == "task_exited" && ev.Kind == tracer.KindProcess {
+		b.WriteString(" " + exitText(ev))
+	}
+	t.emit(eventLine{head: b.String()})
 	return nil
 }
 
@@ -145,8 +154,8 @@ func exitText(ev *node.TaskEvent) string {
 
 // EventsLost writes a warning line at once.
 func (t *Text) EventsLost(at time.Time, delta, total uint64) error {
-	t.emit(fmt.Sprintf("%s  WARNING: %d events lost (ring buffer full: raise --ring-buffer-size; or runs the kernel skipped); %d lost since start",
-		at.Format("15:04:05"), delta, total))
+	t.emit(eventLine{head: fmt.Sprintf("%s  WARNING: %d events lost (ring buffer full: raise --ring-buffer-size; or runs the kernel skipped); %d lost since start",
+		at.Format("15:04:05"), delta, total)})
 	return t.w.Flush()
 }
 
@@ -175,42 +184,41 @@ func (t *Text) flush(due func(foldKey, *fold) bool) error {
 	for _, k := range keys {
 		fd := t.folds[k]
 		delete(t.folds, k)
-		t.emit(t.line(fd))
+		t.emit(t.line(fd, t.Live))
 	}
 	return t.w.Flush()
 }
 
 // emit writes an event line, or keeps it for the live view.
-func (t *Text) emit(line string) {
+func (t *Text) emit(l eventLine) {
 	if t.Live {
-		t.remember(line)
+		t.remember(l)
 		return
 	}
-	t.w.WriteString(line)
+	t.w.WriteString(l.String())
 	t.w.WriteByte('\n')
 }
 
 // line renders e.g.
 //
 //	14:02:11  EAGAIN ×20  calico-node[4121] (kube-system/calico-node-56bgm)  pids cgroup /kubepods at 49152/49152
-func (t *Text) line(fd *fold) string {
+//
+// With short (the live view) a pod's or container's own limit is named as
+// such and other cgroups short: pod pids.max at 20/20.
+func (t *Text) line(fd *fold, short bool) eventLine {
 	f := &fd.f
-	var b strings.Builder
-	b.WriteString(fd.first.Format("15:04:05"))
-	b.WriteString("  ")
-	b.WriteString(f.Errno)
+	l := eventLine{head: fd.first.Format("15:04:05") + "  " + f.Errno}
 	if fd.count > 1 {
-		fmt.Fprintf(&b, " ×%d", fd.count)
+		l.head += fmt.Sprintf(" ×%d", fd.count)
 	}
-	fmt.Fprintf(&b, "  %s[%d]", f.Comm, f.PID)
+	l.head += "  "
+	l.caller = fmt.Sprintf("%s[%d]", f.Comm, f.PID)
 	if f.TID != f.PID {
-		fmt.Fprintf(&b, " tid %d", f.TID)
+		l.tid = fmt.Sprintf(" tid %d", f.TID)
 	}
-	b.WriteString(" (")
-	b.WriteString(Who(f.Cgroup, f.Who))
-	b.WriteString(")  ")
-	b.WriteString(t.limitText(f))
-	return b.String()
+	l.who = Who(f.Cgroup, f.Who)
+	l.tail = "  " + t.limitText(f, short)
+	return l
 }
 
 // Who names a task: namespace/pod, the pod UID when kubelet's log
@@ -227,9 +235,19 @@ func Who(cgroup string, w node.Who) string {
 	return cgroup
 }
 
-func (t *Text) limitText(f *node.Failure) string {
+func (t *Text) limitText(f *node.Failure, short bool) string {
 	l := f.Limit
 	switch {
+	case f.Cause == tracer.CausePidsCgroup && l != nil && short:
+		info := kube.ParseCgroupPath(f.Cgroup)
+		name := shortCgroup(l.Cgroup, 40)
+		switch {
+		case info.PodCgroup != "" && l.Cgroup == info.PodCgroup:
+			name = "pod pids.max"
+		case info.ContainerID != "" && l.Cgroup == f.Cgroup:
+			name = "container pids.max"
+		}
+		return fmt.Sprintf("%s at %d/%d", name, l.Current, l.Max)
 	case f.Cause == tracer.CausePidsCgroup && l != nil:
 		return fmt.Sprintf("pids cgroup %s at %d/%d", l.Cgroup, l.Current, l.Max)
 	case f.Cause == tracer.CausePidMax && l != nil:

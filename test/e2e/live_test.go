@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -14,32 +13,18 @@ import (
 // pod, and the table updates.
 func TestLiveViewInTmux(t *testing.T) {
 	requireRoot(t)
-	if _, err := exec.LookPath("tmux"); err != nil {
-		if isCI() {
-			t.Fatal("tmux is not installed (.ci/run installs it)")
-		}
-		t.Skip("needs tmux")
-	}
+	tm := newTmux(t)
 	tr := newTestTree(t)
 	p := pod{Namespace: "batch", Name: "workers-0", UID: newPodUID()}
 	cg := tr.base + "/kubepods/besteffort/pod" + p.UID + "/" + randomHex(32)
 	tr.mkdir(cg)
 	startStorm(t, "churn", "--kind", "thread", "--duration", "30s", "--cgroup", filepath.Join(tr.root, cg))
 
-	session := "forkwatch-e2e-" + randomHex(4)
-	tmux := func(args ...string) string {
-		out, err := exec.Command("tmux", args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("tmux %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
-	tmux("new-session", "-d", "-s", session, "-x", "200", "-y", "50",
-		forkwatchBin+" --pod-logs-dir "+podLogsDir(t, p)+" "+strings.Join(modeArgs(), " "))
-	t.Cleanup(func() { _ = exec.Command("tmux", "kill-session", "-t", session).Run() })
+	session := "live"
+	tm.start(session, 200, 50, forkwatchBin+" --pod-logs-dir "+podLogsDir(t, p)+" "+strings.Join(modeArgs(), " "))
 
 	clock := regexp.MustCompile(`^forkwatch  (\d\d:\d\d:\d\d)  node: \d+ tasks, pid_max \d+, threads-max \d+`)
-	pane := func() string { return tmux("capture-pane", "-p", "-t", session) }
+	pane := func() string { return strings.Join(tm.lines(session, false), "\n") }
 	var first string
 	waitUntil(t, "the table with the churning pod", func() bool {
 		s := pane()
@@ -65,11 +50,8 @@ func TestLiveViewInTmux(t *testing.T) {
 		t.Fatalf("pod row %q: want a rate in thousands per second", row)
 	}
 
-	tmux("send-keys", "-t", session, "C-c")
-	waitUntil(t, "forkwatch to exit on Ctrl-C", func() bool {
-		out, _ := exec.Command("tmux", "list-panes", "-t", session, "-F", "#{pane_dead}#{pane_current_command}").CombinedOutput()
-		return !strings.Contains(string(out), "forkwatch")
-	}, pane)
+	tm.run("send-keys", "-t", session, "C-c")
+	waitUntil(t, "forkwatch to exit on Ctrl-C", func() bool { return tm.command(session) == "" }, pane)
 	if progs := loadedForkwatchPrograms(t); len(progs) > 0 {
 		t.Fatalf("programs left loaded after Ctrl-C: %v", progs)
 	}
