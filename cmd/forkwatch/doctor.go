@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/forkwatch/forkwatch/output"
 	"github.com/forkwatch/forkwatch/output/doctor"
 	"github.com/forkwatch/forkwatch/output/node"
 )
@@ -26,7 +27,8 @@ var errRisksFound = errors.New("doctor: risks found")
 // on a node already out of PIDs.
 //
 // -o text (default) prints a table of the limits and their use, then each
-// risk and warning with its evidence and fix, for an 80-column terminal.
+// risk and warning with its evidence and fix, fitted to the terminal (80
+// columns when stdout is not one).
 //
 // -o json prints one JSON object on one line:
 //
@@ -116,7 +118,7 @@ func runDoctor(args []string, stdout io.Writer) error {
 		enc.SetEscapeHTML(false)
 		err = enc.Encode(&report)
 	} else {
-		err = report.WriteText(stdout)
+		err = report.WriteText(stdout, textWidth(stdout))
 	}
 	if err != nil {
 		return fmt.Errorf("writing the report: %w", err)
@@ -125,4 +127,15 @@ func runDoctor(args []string, stdout io.Writer) error {
 		return errRisksFound
 	}
 	return nil
+}
+
+// textWidth is the width doctor's text is laid out for: the terminal's,
+// read once (doctor prints once), or 80 columns in a file or a pipe.
+func textWidth(w io.Writer) int {
+	if f, ok := w.(*os.File); ok {
+		if cols, _, ok := output.TerminalSize(f); ok {
+			return cols
+		}
+	}
+	return doctor.DefaultWidth
 }

@@ -565,8 +565,11 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// The text report: a table, then findings with evidence and fix, within
-// 80 columns except for single words (paths) longer than a line.
+// The text report at 80, 120 and 200 columns: a table, then findings with
+// evidence and fix, no line reaching the last column (some terminals wrap
+// a line that fills it), long paths broken after a slash only where the
+// terminal forces it. A systemd row shows the unit, the setting and its
+// whole value, and the file that sets it where the width allows.
 func TestWriteText(t *testing.T) {
 	n := newNode(t, 1000000, 3000000, 49500)
 	n.cgroup("kubepods", 49152, "49152")
@@ -575,35 +578,85 @@ func TestWriteText(t *testing.T) {
 	n.cgroup("kubepods/pod"+uidB, 152, "max")
 	n.podLog("kube-system", "calico-node-56bgm-with-a-very-long-name-indeed", uidA)
 	n.file("etc/security/limits.d/20-nproc.conf", "* soft nproc 4096\n")
+	n.file("lib/systemd/system/containerd.service", "[Unit]\nDescription=containerd container runtime\n"+strings.Repeat("#\n", 32)+"[Service]\nTasksMax=infinity\n")
+	n.file("lib/systemd/system/kubelet.service", "[Service]\nExecStart=/usr/bin/kubelet\n")
+	n.file("etc/systemd/system/kubelet.service.d/10-kubeadm-tasks-max-for-this-node.conf", "[Service]\nTasksMax=15%\n")
 	r := n.check()
+	for _, width := range []int{80, 120, 200} {
+		var b bytes.Buffer
+		if err := r.WriteText(&b, width); err != nil {
+			t.Fatal(err)
+		}
+		out := b.String()
+		t.Logf("%d columns:\n%s", width, out)
+		for _, l := range strings.Split(out, "\n") {
+			if utf8.RuneCountInString(l) >= width {
+				t.Errorf("%d: line of %d columns: %q", width, utf8.RuneCountInString(l), l)
+			}
+			if strings.TrimRight(l, " ") != l {
+				t.Errorf("%d: trailing blanks: %q", width, l)
+			}
+		}
+		for _, s := range []string{
+			"LIMIT", "kernel.pid_max", "49500", "1000000", "  /kubepods ", "    burstable",
+			"RISK stale-kubepods-limit:", "  evidence:", "    - cgroup /kubepods:", "  fix: restart kubelet",
+			"WARNING low-nproc-limit:", "WARNING low-tasks-max:", "2 risks, 2 warnings.",
+			"\n  containerd.service TasksMax=infinity ", "\n  kubelet.service TasksMax=15% ",
+		} {
+			if !strings.Contains(out, s) {
+				t.Errorf("%d: text lacks %q", width, s)
+			}
+		}
+		// The source where it fits: the row's label and the 27 columns of
+		// numbers within width-1.
+		for _, src := range []string{" (containerd.service:36)", " (10-kubeadm-tasks-max-for-this-node.conf:2)"} {
+			i := strings.Index(out, src)
+			if fits := width >= 80+40; fits != (i >= 0) {
+				t.Errorf("%d: source %q shown: %v", width, src, i >= 0)
+			}
+		}
+		if width == 80 && !strings.Contains(out, "      kube-system/calico-nod…a-very-long-name-indeed ") {
+			t.Errorf("%d: the long pod name not cut in its middle", width)
+		}
+		if width == 200 && !strings.Contains(out, "      kube-system/calico-node-56bgm-with-a-very-long-name-indeed ") {
+			t.Errorf("%d: the long pod name cut", width)
+		}
+		if strings.Contains(out, "INFO limit-") {
+			t.Errorf("table rows repeated as info lines")
+		}
+		if strings.Index(out, "RISK") > strings.Index(out, "WARNING") {
+			t.Errorf("risks not first")
+		}
+	}
+}
+
+// A path longer than the terminal's line is broken after a slash, the rest
+// on the next line; one that fits is left whole.
+func TestWriteWrappedBreaksLongPaths(t *testing.T) {
+	long := "(/sys/fs/cgroup/pids/kubepods/burstable/pod" + uidA + "/0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9/pids.max)"
 	var b bytes.Buffer
-	if err := r.WriteText(&b); err != nil {
-		t.Fatal(err)
-	}
-	out := b.String()
-	t.Logf("\n%s", out)
-	for _, l := range strings.Split(out, "\n") {
-		if utf8.RuneCountInString(l) > 80 && strings.Contains(strings.TrimSpace(l), " ") {
-			t.Errorf("line wider than 80 columns: %q", l)
+	writeWrapped(&b, "    - ", "cgroup x: pids.max = 20 "+long, 79, 79)
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+	var joined string
+	for i, l := range lines {
+		if utf8.RuneCountInString(l) > 79 {
+			t.Errorf("line of %d columns: %q", utf8.RuneCountInString(l), l)
 		}
-		if strings.TrimRight(l, " ") != l {
-			t.Errorf("trailing blanks: %q", l)
+		if i > 0 && !strings.HasPrefix(l, "      ") {
+			t.Errorf("continuation not indented: %q", l)
 		}
-	}
-	for _, s := range []string{
-		"LIMIT", "kernel.pid_max", "49500", "1000000", "  /kubepods ", "    burstable", "      kube-system/calic…",
-		"RISK stale-kubepods-limit:", "  evidence:", "    - cgroup /kubepods:", "  fix: restart kubelet",
-		"WARNING low-nproc-limit:", "2 risks, 1 warning.",
-	} {
-		if !strings.Contains(out, s) {
-			t.Errorf("text lacks %q", s)
+		if i > 0 && strings.Contains(joined, "(/sys") && !strings.HasSuffix(lines[i-1], "/") {
+			t.Errorf("path broken elsewhere than after a slash: %q", lines[i-1])
 		}
+		joined += strings.TrimSpace(l)
 	}
-	if strings.Contains(out, "INFO limit-") {
-		t.Errorf("table rows repeated as info lines")
+	if !strings.Contains(joined, long) {
+		t.Errorf("the path is not all there:\n%s", b.String())
 	}
-	if strings.Index(out, "RISK") > strings.Index(out, "WARNING") {
-		t.Errorf("risks not first")
+	b.Reset()
+	writeWrapped(&b, "    - ", "cgroup x: "+long, 99, 199)
+	if !strings.Contains(b.String(), "\n      "+long+"\n") {
+		t.Errorf("a path that fits the terminal was broken:\n%s", b.String())
 	}
 }
 
@@ -655,7 +708,7 @@ func TestLiveNode(t *testing.T) {
 		t.Fatalf("node: %+v", r.Node)
 	}
 	var b bytes.Buffer
-	if err := r.WriteText(&b); err != nil {
+	if err := r.WriteText(&b, DefaultWidth); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", b.String())

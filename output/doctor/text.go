@@ -9,35 +9,68 @@ import (
 	"unicode/utf8"
 )
 
-// Text layout: fits an 80-column terminal.
+// Text layout. The report is laid out for the terminal it is printed on,
+// 80 columns when it is not a terminal; the last column stays free, as
+// some terminals wrap a line that fills it. The table's name column is as
+// wide as its longest row, as far as the terminal allows; prose wraps at
+// proseWidth at most, for reading, but a path is broken only where the
+// terminal forces it.
 const (
-	textWidth = 79
-	nameWidth = 48
+	DefaultWidth = 80
+	numbersWidth = 27 // " %9s %10s %5s": IN USE, MAX, USE
+	proseWidth   = 100
+	minWidth     = 40
 )
 
-// WriteText writes the report for a person: a table of the limits and
-// their use, then the risks and warnings, each with its evidence and fix.
-// Info findings that are rows of the table are not repeated.
-func (r *Report) WriteText(w io.Writer) error {
-	bw := bufio.NewWriter(w)
-	row := func(name, cur, max, use string) {
-		l := fmt.Sprintf("%-*s %9s %10s %5s", nameWidth, clip(name, nameWidth), cur, max, use)
-		fmt.Fprintln(bw, strings.TrimRight(l, " "))
+// row is a row of the limits table. Its label is indent, name and keep;
+// where the column is too narrow, optional goes first, then name is cut
+// in its middle: keep (a setting and its value) stays whole.
+type row struct {
+	indent, name, keep, optional string
+	cur, max, use                string
+	section                      bool // a section title, on a line of its own
+}
+
+func (r row) label() string { return r.indent + r.name + r.keep + r.optional }
+
+// fit renders the label in at most n columns.
+func (r row) fit(n int) string {
+	if l := r.label(); utf8.RuneCountInString(l) <= n {
+		return l
 	}
-	numRow := func(name string, cur, max int64) {
+	if l := r.indent + r.name + r.keep; utf8.RuneCountInString(l) <= n {
+		return l
+	}
+	room := n - utf8.RuneCountInString(r.indent+r.keep)
+	if room < 1 {
+		return clip(r.indent+r.name+r.keep, n)
+	}
+	return r.indent + clip(r.name, room) + r.keep
+}
+
+// WriteText writes the report for a person, fitted to a terminal of width
+// columns (DefaultWidth when stdout is not a terminal): a table of the
+// limits and their use, then the risks and warnings, each with its
+// evidence and fix. Info findings that are rows of the table are not
+// repeated.
+func (r *Report) WriteText(w io.Writer, width int) error {
+	usable := max(width, minWidth) - 1
+	bw := bufio.NewWriter(w)
+	var rows []row
+	add := func(rw row) { rows = append(rows, rw) }
+	section := func(title string) { add(row{name: title, section: true}) }
+	numRow := func(indent, name, optional string, cur, max int64) {
 		use := ""
 		if cur >= 0 && max > 0 {
 			use = fmt.Sprintf("%d%%", pct(cur, max))
 		}
-		row(name, dash(cur), maxStr(max), use)
+		add(row{indent: indent, name: name, optional: optional, cur: dash(cur), max: maxStr(max), use: use})
 	}
-	section := func(title string) { fmt.Fprintln(bw, title) }
 
-	row("LIMIT", "IN USE", "MAX", "USE")
 	section("node")
 	n := r.Node
-	numRow("  kernel.pid_max", n.Tasks, n.PidMax)
-	numRow("  kernel.threads-max", n.Tasks, n.ThreadsMax)
+	numRow("  ", "kernel.pid_max", "", n.Tasks, n.PidMax)
+	numRow("  ", "kernel.threads-max", "", n.Tasks, n.ThreadsMax)
 
 	if len(r.Cgroups) > 0 {
 		v := "v1"
@@ -46,24 +79,20 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		section(fmt.Sprintf("pids cgroups (%s, %s)", v, r.CgroupRoot))
 		for _, cg := range r.Cgroups {
-			var name string
 			switch cg.Role {
+			case RoleRoot:
+				add(row{indent: "  ", name: cg.Path, keep: " (root: no pids.max)", cur: dash(cg.Current), max: "-"})
 			case RoleQoS:
-				name = "    " + cg.QoS
+				numRow("    ", cg.QoS, "", cg.Current, cg.Max)
 			case RolePod:
 				indent := "      "
 				if cg.QoS == "guaranteed" {
 					indent = "    "
 				}
-				name = indent + podLabel(cg.Pod)
+				numRow(indent, podLabel(cg.Pod), "", cg.Current, cg.Max)
 			default:
-				name = "  " + cg.Path
+				numRow("  ", cg.Path, "", cg.Current, cg.Max)
 			}
-			if cg.Role == RoleRoot {
-				row(name+" (root: no pids.max)", dash(cg.Current), "-", "")
-				continue
-			}
-			numRow(name, cg.Current, cg.Max)
 		}
 	}
 	if len(r.Systemd) > 0 {
@@ -73,7 +102,8 @@ func (r *Report) WriteText(w io.Writer) error {
 			if u.Effective < 0 {
 				max = "max"
 			}
-			row(fmt.Sprintf("  %s=%s (%s)", u.Unit, u.TasksMax, path.Base(u.Source)), "-", max, "")
+			add(row{indent: "  ", name: u.Unit, keep: " TasksMax=" + u.TasksMax,
+				optional: " (" + path.Base(u.Source) + ")", cur: "-", max: max})
 		}
 	}
 	if len(r.Nproc) > 0 {
@@ -83,16 +113,41 @@ func (r *Report) WriteText(w io.Writer) error {
 			if d == "*" {
 				d = "* (non-root)"
 			}
-			row(fmt.Sprintf("  %s %s (%s)", d, np.Type, path.Base(np.Source)), "-", maxStr(np.Value), "")
+			add(row{indent: "  ", name: d, keep: " " + np.Type, optional: " (" + path.Base(np.Source) + ")",
+				cur: "-", max: maxStr(np.Value)})
 		}
 	}
 
+	// The name column: as wide as the widest row, as the terminal allows.
+	nameWidth := utf8.RuneCountInString("LIMIT")
+	for _, rw := range rows {
+		if !rw.section {
+			nameWidth = max(nameWidth, utf8.RuneCountInString(rw.label()))
+		}
+	}
+	nameWidth = min(nameWidth, usable-numbersWidth)
+	line := func(name, cur, max, use string) {
+		l := fmt.Sprintf("%-*s %9s %10s %5s", nameWidth, name, cur, max, use)
+		fmt.Fprintln(bw, strings.TrimRight(l, " "))
+	}
+	line("LIMIT", "IN USE", "MAX", "USE")
+	for _, rw := range rows {
+		if rw.section {
+			fmt.Fprintln(bw, clip(rw.name, usable))
+			continue
+		}
+		l := rw.fit(nameWidth)
+		line(l+strings.Repeat(" ", nameWidth-utf8.RuneCountInString(l)), rw.cur, rw.max, rw.use)
+	}
+
+	prose := min(usable, proseWidth-1)
+	wrap := func(prefix, text string) { writeWrapped(bw, prefix, text, prose, usable) }
 	fmt.Fprintln(bw)
 	for _, f := range r.Findings {
 		if f.Severity == Info && strings.HasPrefix(f.ID, "limit-") {
 			continue // a row of the table
 		}
-		writeWrapped(bw, "", strings.ToUpper(f.Severity)+" "+f.ID+": "+f.Summary)
+		wrap("", strings.ToUpper(f.Severity)+" "+f.ID+": "+f.Summary)
 		if f.Severity == Info {
 			fmt.Fprintln(bw)
 			continue
@@ -100,11 +155,11 @@ func (r *Report) WriteText(w io.Writer) error {
 		if len(f.Evidence) > 0 {
 			fmt.Fprintln(bw, "  evidence:")
 			for _, e := range f.Evidence {
-				writeWrapped(bw, "    - ", e)
+				wrap("    - ", e)
 			}
 		}
 		if f.Fix != "" {
-			writeWrapped(bw, "  fix: ", f.Fix)
+			wrap("  fix: ", f.Fix)
 		}
 		fmt.Fprintln(bw)
 	}
@@ -120,10 +175,11 @@ func (r *Report) WriteText(w io.Writer) error {
 	return bw.Flush()
 }
 
-// writeWrapped writes text after prefix, wrapped at textWidth, continuation
-// lines indented to the prefix's width. Words longer than a line (paths)
-// are not broken.
-func writeWrapped(w io.Writer, prefix, text string) {
+// writeWrapped writes text after prefix, wrapped at prose columns,
+// continuation lines indented to the prefix's width. A word longer than
+// prose (a path) gets a line of its own, whole while the terminal's line
+// (usable columns) holds it, else broken after a slash.
+func writeWrapped(w io.Writer, prefix, text string, prose, usable int) {
 	indent := strings.Repeat(" ", utf8.RuneCountInString(prefix))
 	if prefix == "" {
 		indent = "  "
@@ -131,21 +187,48 @@ func writeWrapped(w io.Writer, prefix, text string) {
 	line := prefix
 	lineLen := utf8.RuneCountInString(prefix)
 	empty := true
+	newline := func() {
+		fmt.Fprintln(w, line)
+		line, lineLen, empty = indent, utf8.RuneCountInString(indent), true
+	}
+	room := usable - max(utf8.RuneCountInString(indent), utf8.RuneCountInString(prefix))
 	for _, word := range strings.Fields(text) {
-		wl := utf8.RuneCountInString(word)
-		if !empty && lineLen+1+wl > textWidth {
-			fmt.Fprintln(w, line)
-			line, lineLen, empty = indent, utf8.RuneCountInString(indent), true
+		pieces := breakWord(word, room)
+		for i, piece := range pieces {
+			wl := utf8.RuneCountInString(piece)
+			if i > 0 || (!empty && lineLen+1+wl > prose) {
+				newline()
+			}
+			if !empty {
+				line += " "
+				lineLen++
+			}
+			line += piece
+			lineLen += wl
+			empty = false
 		}
-		if !empty {
-			line += " "
-			lineLen++
-		}
-		line += word
-		lineLen += wl
-		empty = false
 	}
 	fmt.Fprintln(w, line)
+}
+
+// breakWord cuts a word into pieces of at most n columns, each ending
+// after a slash where one is in reach.
+func breakWord(word string, n int) []string {
+	n = max(n, 1)
+	var out []string
+	r := []rune(word)
+	for len(r) > n {
+		cut := n
+		for i := n - 1; i > 0; i-- {
+			if r[i] == '/' {
+				cut = i + 1
+				break
+			}
+		}
+		out = append(out, string(r[:cut]))
+		r = r[cut:]
+	}
+	return append(out, string(r))
 }
 
 // clip shortens s to n runes by cutting out its middle.

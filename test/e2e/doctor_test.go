@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // What forkwatch doctor -o json writes, as a user's program reads it.
@@ -194,5 +197,80 @@ func TestDoctorBadInput(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			checkUsageError(t, exec.Command(forkwatchBin, append([]string{"doctor"}, tc.args...)...), tc.want)
 		})
+	}
+}
+
+// forkwatch doctor at 200, 120 and 80 columns on the same node: no row
+// wraps, a systemd row shows the unit, the setting and its whole value,
+// and the source of the setting when the terminal has room for it.
+func TestDoctorFitsTerminal(t *testing.T) {
+	requireRoot(t)
+	tm := newTmux(t)
+	n := newCrowdedNode(t)
+	n.start(t, true)
+	units := t.TempDir()
+	for name, body := range map[string]string{
+		// The setting on the 36th line, as in Debian's containerd.service.
+		"containerd.service": "[Unit]\nDescription=containerd container runtime\n" + strings.Repeat("# \n", 32) + "[Service]\nTasksMax=infinity\n",
+		"kubelet.service":    "[Service]\nExecStart=/usr/bin/kubelet\n",
+		"kubelet.service.d/10-kubeadm-tasks-max-for-this-node.conf": "[Service]\nTasksMax=15%\n",
+		"crio.service": "[Service]\nTasksMax=4096\n",
+	} {
+		p := filepath.Join(units, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{"--cgroup-root", n.tr.root, "--kubepods", n.kubepods, "--pod-logs-dir", n.logs, "--systemd-dir", units}
+	wantUnits := map[string]string{ // unit → the row's unit, setting and value, and its source
+		"containerd.service": "  containerd.service TasksMax=infinity (containerd.service:36)",
+		"kubelet.service":    "  kubelet.service TasksMax=15% (10-kubeadm-tasks-max-for-this-node.conf:2)",
+		"crio.service":       "  crio.service TasksMax=4096 (crio.service:2)",
+	}
+	for i, size := range screenSizes {
+		session := fmt.Sprintf("doctor%d", i)
+		// The report stays on the screen: cat holds the pane open.
+		tm.start(session, size.cols, size.rows, fmt.Sprintf("sh -c '%s doctor %s; echo \"doctor exit $?\"; exec cat'",
+			forkwatchBin, strings.Join(args, " ")))
+		var lines []string
+		waitUntil(t, "doctor's report", func() bool {
+			lines = tm.lines(session, true)
+			return strings.HasPrefix(lines[len(lines)-1], "doctor exit")
+		}, func() string { return strings.Join(lines, "\n") })
+		for len(lines) > 0 && lines[0] == "" {
+			lines = lines[1:]
+		}
+		t.Logf("doctor at %d columns:\n%s", size.cols, strings.Join(lines, "\n"))
+		bad := tooWide(lines, size.cols)
+		if last := lines[len(lines)-1]; last != "doctor exit 1" {
+			bad = append(bad, fmt.Sprintf("doctor ended with %q, want exit code 1 (the full pod is a risk)", last))
+		}
+		if h := lines[0]; !strings.HasPrefix(h, "LIMIT ") || !strings.HasSuffix(h, " USE") {
+			bad = append(bad, fmt.Sprintf("table header not on one line: %q", h))
+		}
+		text := strings.Join(lines, "\n")
+		for unit, row := range wantUnits {
+			// The unit, the setting and its whole value always; the
+			// source too where it fits.
+			want := row
+			if utf8.RuneCountInString(row)+27 > size.cols-1 {
+				want = row[:strings.Index(row, " (")]
+			}
+			if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(want) + `( |$)`).MatchString(text) {
+				bad = append(bad, fmt.Sprintf("no row %q for %s", want, unit))
+			}
+		}
+		if !regexp.MustCompile(`(?m)^ +` + regexp.QuoteMeta(n.failing.Namespace+"/"+n.failing.Name) + ` +\d+ +20 +\d+%$`).MatchString(text) {
+			bad = append(bad, "no whole row for the failing pod, ending with its use of its pids.max 20")
+		}
+		if !strings.Contains(text, "RISK usage-above-80:") {
+			bad = append(bad, "no usage-above-80 risk for the full pod")
+		}
+		if len(bad) > 0 {
+			t.Errorf("doctor at %d columns:\n  %s", size.cols, strings.Join(bad, "\n  "))
+		}
 	}
 }
