@@ -68,3 +68,27 @@ func TestFlagsRejectBadInput(t *testing.T) {
 		}
 	}
 }
+
+// --help shows an example of each way to run forkwatch, one line each
+// within 80 columns, before the flags.
+func TestUsageExamples(t *testing.T) {
+	fs := pflag.NewFlagSet("forkwatch", pflag.ContinueOnError)
+	var f Flags
+	f.SetFlags(fs)
+	u := usage(fs)
+	flags := strings.Index(u, "\nFlags:\n")
+	for _, ex := range []string{"sudo forkwatch ", "forkwatch --pod NAME -n NS ", "forkwatch --metrics-addr :9479 -o json ", "forkwatch doctor "} {
+		i := strings.Index(u, "\n  "+ex)
+		if i < 0 || i > flags {
+			t.Errorf("no example %q before the flags:\n%s", ex, u)
+			continue
+		}
+		line, _, _ := strings.Cut(u[i+1:], "\n")
+		if len([]rune(line)) > 80 {
+			t.Errorf("example line of %d columns: %q", len([]rune(line)), line)
+		}
+	}
+	if !strings.Contains(u[flags:], "--metrics-addr") {
+		t.Errorf("flags not listed after the examples:\n%s", u)
+	}
+}

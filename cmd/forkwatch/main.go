@@ -57,9 +57,7 @@ func run(ctx context.Context, args []string) error {
 	fs := pflag.NewFlagSet("forkwatch", pflag.ContinueOnError)
 	fs.SortFlags = false
 	flags.SetFlags(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: forkwatch [flags]\n       forkwatch doctor [flags]   check the node's PID and thread limits\n\nShows every fork/clone that fails for lack of PIDs or threads, the limit that\nrefused it and the pod that called, and which pods create threads fastest.\n\nFlags:\n%s", fs.FlagUsages())
-	}
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage(fs)) }
 	fs.SetOutput(devNull{})
 	if err := flags.Parse(fs, args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -72,6 +70,25 @@ func run(ctx context.Context, args []string) error {
 		return nil
 	}
 	return watch(ctx, &flags)
+}
+
+// usage is --help: what forkwatch does, an example of each way to run it
+// (people reach for examples first), then the flags.
+func usage(fs *pflag.FlagSet) string {
+	return `Usage: forkwatch [flags]
+       forkwatch doctor [flags]   check the node's PID and thread limits
+
+Shows every fork/clone that fails for lack of PIDs or threads, the limit that
+refused it and the pod that called, and which pods create threads fastest.
+
+Examples:
+  sudo forkwatch                           during an incident: live, top-like
+  forkwatch --pod NAME -n NS               tail one pod's tasks and failures
+  forkwatch --metrics-addr :9479 -o json   the DaemonSet: Prometheus, JSON Lines
+  forkwatch doctor                         check the limits before they bite
+
+Flags:
+` + fs.FlagUsages()
 }
 
 type devNull struct{}
