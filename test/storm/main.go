@@ -84,13 +84,20 @@ type Summary struct {
 }
 
 // joinCgroup moves the storm into dir. It first has Go's runtime create a
-// few spare OS threads: once the cgroup is full the runtime cannot, and
-// would die of it (as the services forkwatch watches do) before the storm
-// has reported what it saw.
+// few spare OS threads (startSpareThreads): once the cgroup is full the
+// runtime cannot, and would die of it (as the services forkwatch watches do)
+// before the storm has reported what it saw.
 func joinCgroup(dir string) error {
 	if dir == "" {
 		return nil
 	}
+	startSpareThreads()
+	return os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
+}
+
+// startSpareThreads has the Go runtime start a few OS threads and leave them
+// idle, for when it needs one at the limit the storm is about to fill.
+func startSpareThreads() {
 	var started, done sync.WaitGroup
 	release := make(chan struct{})
 	for i := 0; i < 8; i++ {
@@ -107,7 +114,6 @@ func joinCgroup(dir string) error {
 	started.Wait()
 	close(release)
 	done.Wait()
-	return os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
 }
 
 func fill(args []string) error {
@@ -128,6 +134,11 @@ func fill(args []string) error {
 	// burst of failures comes from one tid, as a Go runtime's retries do.
 	runtime.GOMAXPROCS(1)
 	runtime.LockOSThread()
+	if *cgroup == "" {
+		// As PID 1 of its own PID namespace (see runInPIDNamespace) the
+		// storm fills the namespace's pid_max, not a cgroup: spares too.
+		startSpareThreads()
+	}
 
 	if *pidns {
 		return runInPIDNamespace(*cgroup, fs)
