@@ -227,6 +227,8 @@ func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output
 	var (
 		raw    ringbuf.Record
 		rec    tracer.Record
+		f      node.Failure // the writers copy what they keep
+		ev     node.TaskEvent
 		warned time.Time
 		bad    uint64
 	)
@@ -252,16 +254,12 @@ func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output
 		if !rec.IsFailure && !victim && tail == nil {
 			continue // exited long after its failures: not their victim
 		}
-		var (
-			f  node.Failure
-			ev node.TaskEvent
-		)
 		who := &ev.Who
 		if rec.IsFailure {
-			f = attr.Failure(&rec.Failure)
+			attr.Failure(&f, &rec.Failure)
 			who = &f.Who
 		} else {
-			ev = attr.Task(&rec.Task)
+			attr.Task(&ev, &rec.Task)
 		}
 		if tail != nil && !tail.matches(who) {
 			continue

@@ -51,12 +51,16 @@ type TaskEvent struct {
 	Who
 }
 
-// Failure names who made a failed fork.
-func (a *Attributor) Failure(f *tracer.Failure) Failure {
-	return Failure{Failure: *f, Who: a.Resolve(f.Cgroup)}
+// Failure sets dst to the failed fork f and who made it. dst is the
+// caller's, reused from record to record: the reader allocates nothing per
+// failure.
+func (a *Attributor) Failure(dst *Failure, f *tracer.Failure) {
+	dst.Failure = *f
+	dst.Who = a.Resolve(f.Cgroup)
 }
 
-// Task names whose a created or exited task was.
-func (a *Attributor) Task(t *tracer.TaskEvent) TaskEvent {
-	return TaskEvent{TaskEvent: *t, Who: a.Resolve(t.Cgroup)}
+// Task sets dst to the created or exited task t and whose it was.
+func (a *Attributor) Task(dst *TaskEvent, t *tracer.TaskEvent) {
+	dst.TaskEvent = *t
+	dst.Who = a.Resolve(t.Cgroup)
 }
