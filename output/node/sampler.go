@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/forkwatch/forkwatch/output/node/kube"
 	"github.com/forkwatch/forkwatch/output/node/limits"
 	"github.com/forkwatch/forkwatch/output/node/rates"
+	"github.com/forkwatch/forkwatch/output/node/threads"
 	"github.com/forkwatch/forkwatch/tracer"
 )
 
@@ -19,6 +21,19 @@ type PodStats struct {
 	rates.Stats
 	Who
 	Cgroup string // the pod's cgroup (or the cgroup itself outside pods)
+	// Threads are a flagged pod's largest groups of live threads, the
+	// growing first (at most threads.Top); empty when none is left. Nil
+	// for other pods.
+	Threads []threads.Group
+}
+
+// PodThreads is every group of a pod's live threads, the growing first.
+type PodThreads struct {
+	Who
+	Cgroup    string
+	Threads   int // live threads read
+	Processes int
+	Groups    []threads.Group
 }
 
 // ContainerCounts are the creations and exits of one container (Who has
@@ -52,6 +67,8 @@ type Snapshot struct {
 	Cgroups     []limits.Pids
 	Forecasts   []Forecast // every limit that matters, soonest exhaustion first
 	Transitions []SpikeTransition
+	// Tailed are the threads of the pods set with Sampler.Tail.
+	Tailed []PodThreads
 	// EventsLost is the kernel's count of records it could not hand over
 	// (see tracer.EventsLost); MissedRuns its skipped program runs.
 	EventsLost uint64
@@ -95,6 +112,12 @@ type Sampler struct {
 	// creates and ends nothing (its count cannot have moved but by a task
 	// moved in or out, or a new pids.max), re-read at least every podReread.
 	pods map[string]podPids
+
+	// The threads of flagged and tailed pods, read from /proc.
+	threads *threads.History
+	reader  threads.Reader
+	reading threads.Reading
+	tailed  []string // pod UIDs
 }
 
 type podPids struct {
@@ -116,9 +139,13 @@ func NewSampler(k Kernel, root CgroupRoot, paths *CgroupPaths, attr *Attributor,
 		kernel: k, root: root, paths: paths, attr: attr,
 		tracker: rates.NewTracker(cfg), procfs: "/proc",
 		growth: map[string]*[growthWindow]int64{}, seen: map[string]int{},
-		pods: map[string]podPids{},
+		pods: map[string]podPids{}, threads: threads.NewHistory(),
 	}
 }
+
+// Tail sets the pods (by UID) whose threads every snapshot carries in
+// Tailed, flagged or not: the --pod tail's.
+func (s *Sampler) Tail(uids []string) { s.tailed = uids }
 
 // Sample reads everything now. Call it once a second. What cannot be read
 // is counted in the snapshot's Errors and left out; the rest is sampled.
@@ -149,7 +176,65 @@ func (s *Sampler) Sample(now time.Time) *Snapshot {
 	groups, containers := s.group(counts)
 	snap.Containers = containers
 	s.limitsAndRates(snap, node, groups, fail)
+	s.readThreads(snap, fail)
 	return snap
+}
+
+// readThreads groups the live threads of the pods that are flagged, of
+// those a spike condition held for this second (so that a spike starts
+// with its growth known), and of the tailed pods. Nothing is read for
+// other pods.
+func (s *Sampler) readThreads(snap *Snapshot, fail func(string, error) bool) {
+	type result struct {
+		groups             []threads.Group
+		threads, processes int
+	}
+	read := map[string]result{}
+	observe := func(key, cgroup string) result {
+		if r, ok := read[key]; ok {
+			return r
+		}
+		s.reading.Reset()
+		s.reader.Proc = s.procfs
+		err := s.reader.Cgroup(filepath.Join(s.root.Path, cgroup), &s.reading)
+		fail("the threads of "+cgroup, err)
+		r := result{s.threads.Observe(key, snap.Time, &s.reading), s.reading.Threads, s.reading.Processes}
+		read[key] = r
+		return r
+	}
+	top := func(g []threads.Group) []threads.Group {
+		return append([]threads.Group{}, g[:min(len(g), threads.Top)]...)
+	}
+	for i := range snap.Pods {
+		p := &snap.Pods[i]
+		if p.Pod != nil && (p.Spiking || p.Hot > 0) {
+			r := observe(p.Key, p.Cgroup)
+			if p.Spiking {
+				p.Threads = top(r.groups)
+			}
+		}
+	}
+	for i := range snap.Transitions {
+		tr := &snap.Transitions[i]
+		if r, ok := read[tr.Pod.Key]; ok && tr.Start {
+			tr.Pod.Threads = top(r.groups)
+		}
+	}
+	for _, uid := range s.tailed {
+		var cgroups []string
+		for _, cg := range s.paths.PodCgroups(uid) {
+			cgroups = append(cgroups, cg)
+		}
+		if len(cgroups) == 0 {
+			continue // not started yet, or gone
+		}
+		slices.Sort(cgroups) // one pod, one cgroup: kubelet makes no other
+		r := observe("pod:"+uid, cgroups[0])
+		snap.Tailed = append(snap.Tailed, PodThreads{
+			Who: s.attr.Resolve(cgroups[0]), Cgroup: cgroups[0], Threads: r.threads, Processes: r.processes, Groups: r.groups,
+		})
+	}
+	s.threads.EndRound()
 }
 
 // group is one pod's (or one cgroup's, outside pods) counts.
