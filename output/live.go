@@ -116,7 +116,7 @@ func (t *Text) redraw(s *node.Snapshot) error {
 	}
 	height := func() int {
 		return 2 + // title, blank
-			1 + pods + more(pods, len(s.Pods)) + 1 + // POD table, blank
+			1 + pods + leakLines(s, pods) + more(pods, len(s.Pods)) + 1 + // POD table, blank
 			1 + limits + more(limits, len(s.Forecasts)) + 1 + // LIMIT table, blank
 			1 + max(recent, 1) // RECENT, its lines or "none"
 	}
