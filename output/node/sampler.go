@@ -117,7 +117,9 @@ type Sampler struct {
 	threads *threads.History
 	reader  threads.Reader
 	reading threads.Reading
-	tailed  []string // pod UIDs
+	// each pod's latest reading, kept while it is flagged, hot or tailed
+	threadsRead map[string]*threadsRead
+	tailed      []string // pod UIDs
 }
 
 type podPids struct {
@@ -183,22 +185,32 @@ func (s *Sampler) Sample(now time.Time) *Snapshot {
 // readThreads groups the live threads of the pods that are flagged, of
 // those a spike condition held for this second (so that a spike starts
 // with its growth known), and of the tailed pods. Nothing is read for
-// other pods.
+// other pods. A pod whose reading took more than threadsBudget of the time
+// since it is read again only that much later: its last groups stand
+// meanwhile.
 func (s *Sampler) readThreads(snap *Snapshot, fail func(string, error) bool) {
-	type result struct {
-		groups             []threads.Group
-		threads, processes int
-	}
-	read := map[string]result{}
-	observe := func(key, cgroup string) result {
+	now := snap.Time
+	read := make(map[string]*threadsRead, len(s.threadsRead))
+	observe := func(key, cgroup string) *threadsRead {
 		if r, ok := read[key]; ok {
 			return r
 		}
-		s.reading.Reset()
-		s.reader.Proc = s.procfs
-		err := s.reader.Cgroup(filepath.Join(s.root.Path, cgroup), &s.reading)
-		fail("the threads of "+cgroup, err)
-		r := result{s.threads.Observe(key, snap.Time, &s.reading), s.reading.Threads, s.reading.Processes}
+		r, ok := s.threadsRead[key]
+		if ok && now.Before(r.next) {
+			s.threads.Keep(key)
+		} else {
+			if !ok {
+				r = &threadsRead{}
+			}
+			start := time.Now()
+			s.reading.Reset()
+			s.reader.Proc = s.procfs
+			err := s.reader.Cgroup(filepath.Join(s.root.Path, cgroup), &s.reading)
+			fail("the threads of "+cgroup, err)
+			r.groups = s.threads.Observe(key, now, &s.reading)
+			r.threads, r.processes = s.reading.Threads, s.reading.Processes
+			r.next = now.Add(time.Duration(float64(time.Since(start)) / threadsBudget))
+		}
 		read[key] = r
 		return r
 	}
@@ -234,7 +246,20 @@ func (s *Sampler) readThreads(snap *Snapshot, fail func(string, error) bool) {
 			Who: s.attr.Resolve(cgroups[0]), Cgroup: cgroups[0], Threads: r.threads, Processes: r.processes, Groups: r.groups,
 		})
 	}
+	s.threadsRead = read
 	s.threads.EndRound()
+}
+
+// threadsBudget is the share of a core reading one pod's threads may take:
+// at about 2 µs a thread, a pod of 10,000 threads is read every second, one
+// of 50,000 every 5 s.
+const threadsBudget = 0.02
+
+// threadsRead is a pod's latest reading, and when it is due again.
+type threadsRead struct {
+	groups             []threads.Group
+	threads, processes int
+	next               time.Time
 }
 
 // group is one pod's (or one cgroup's, outside pods) counts.

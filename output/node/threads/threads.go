@@ -54,8 +54,9 @@ type Group struct {
 	Comm  string `json:"comm"` // the process's name (/proc/PID/comm)
 	PID   int    `json:"pid"`
 	Count int    `json:"count"`
-	// Growth is the change in Count over the last 10 s, or over Span when
-	// the pod has been read for less long.
+	// Growth is the change in Count over the last 10 s (Span): less for
+	// a pod read for less long, more for one read less often than every
+	// second.
 	Growth int           `json:"growth_10s"`
 	Span   time.Duration `json:"-"`
 }
@@ -98,6 +99,9 @@ func (r *Reading) Reset() {
 	r.Groups = r.Groups[:0]
 	r.Threads, r.Processes = 0, 0
 }
+
+// Window is how far back a group's growth looks.
+const Window = 10 * time.Second
 
 // window is how many readings a pod's history keeps: 10 s at one a second.
 const window = 11
@@ -151,7 +155,14 @@ func (h *History) Observe(pod string, now time.Time, rd *Reading) []Group {
 		}
 		ring[i] += int32(g.Count)
 	}
-	span := min(p.n, window-1)
+	// Growth is against the oldest reading of the last 10 s, or the one
+	// before this when the pod is read less often (see Sampler).
+	span := 0
+	for k := 1; k <= min(p.n, window-1); k++ {
+		if k == 1 || now.Sub(p.times[(p.n-k)%window]) <= Window+Window/20 {
+			span = k
+		}
+	}
 	j := (p.n - span) % window
 	p.n++
 	out := make([]Group, 0, len(rd.Groups))
@@ -178,7 +189,15 @@ func allZero(ring *[window]int32) bool {
 	return true
 }
 
-// EndRound forgets the pods not observed since the last EndRound.
+// Keep keeps a pod's history through this round without a reading.
+func (h *History) Keep(pod string) {
+	if p, ok := h.pods[pod]; ok {
+		p.seen = h.round
+	}
+}
+
+// EndRound forgets the pods neither observed nor kept since the last
+// EndRound.
 func (h *History) EndRound() {
 	for pod, p := range h.pods {
 		if p.seen != h.round {

@@ -307,3 +307,30 @@ func BenchmarkReadProcess(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(rd.Threads), "ns/thread")
 }
+
+// A pod read less often than every second (a large one, see the
+// sampler's budget): growth over the readings of the last 10 s, or since
+// the one before when they are further apart; Keep holds its history
+// between readings.
+func TestHistorySparse(t *testing.T) {
+	h := NewHistory()
+	t0 := time.Unix(1000, 0)
+	var got []Group
+	for s := 0; s <= 20; s++ {
+		at := t0.Add(time.Duration(s) * time.Second)
+		if s%4 != 0 {
+			h.Keep("pod:1")
+			h.EndRound()
+			continue
+		}
+		got = h.Observe("pod:1", at, reading(Group{Name: "pool-*-thread-*", Comm: "java", PID: 1, Count: 10 * s}))
+		h.EndRound()
+	}
+	if g := got[0]; g.Growth != 80 || g.Span != 8*time.Second {
+		t.Fatalf("read every 4 s: %+v, want +80 over 8 s", g)
+	}
+	got = h.Observe("pod:1", t0.Add(35*time.Second), reading(Group{Name: "pool-*-thread-*", Comm: "java", PID: 1, Count: 350}))
+	if g := got[0]; g.Growth != 150 || g.Span != 15*time.Second {
+		t.Fatalf("read 15 s after the last: %+v, want +150 over 15 s", g)
+	}
+}
