@@ -173,7 +173,7 @@ func spikeLine(at time.Time, tr *node.SpikeTransition, short bool) eventLine {
 		l.tail += fmt.Sprintf(", %d left under %s", p.Limit.Headroom, name)
 	}
 	if len(p.Threads) > 0 {
-		l.tail += "; " + growingText(p.Threads[0])
+		l.leak = "; " + growingText(p.Threads[0])
 	}
 	return l
 }

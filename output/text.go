@@ -220,7 +220,7 @@ func (t *Text) line(fd *fold, short bool) eventLine {
 	l.who = Who(f.Cgroup, f.Who)
 	l.tail = "  " + t.limitText(f, short)
 	if g := t.leakFor(f); g != "" {
-		l.tail += "; " + g
+		l.leak = "; " + g
 	}
 	return l
 }

@@ -2,6 +2,7 @@ package output
 
 import (
 	"bytes"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/forkwatch/forkwatch/output/node"
 	"github.com/forkwatch/forkwatch/output/node/kube"
 	"github.com/forkwatch/forkwatch/output/node/threads"
+	"github.com/forkwatch/forkwatch/tracer"
 )
 
 var leakGroups = []threads.Group{
@@ -148,6 +150,61 @@ func TestThousands(t *testing.T) {
 	for n, want := range map[int]string{0: "0", 999: "999", 1000: "1,000", 1580: "1,580", 1234567: "1,234,567", -1200: "-1,200"} {
 		if got := thousands(n); got != want {
 			t.Errorf("thousands(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// The live view at every size: the flagged pod's top group on the line
+// under its row, every line within the width and the frame within the
+// rows; a failure line of the flagged pod names the group where the width
+// allows and keeps its limit whole where it does not.
+func TestLiveViewThreads(t *testing.T) {
+	snap := func() *node.Snapshot {
+		s := crowded()
+		s.Pods[0].Threads = leakGroups
+		s.Transitions[0].Pod.Threads = leakGroups
+		return s
+	}
+	leakFailure := func(at time.Time) *node.Failure {
+		f := failingFailure(at)
+		cg := "/kubepods/burstable/pod" + uidLeak
+		f.Cgroup, f.Comm, f.PID, f.TID = cg+"/"+ctrID, "java", 4121, 4130
+		f.Limit = &tracer.Limit{Cgroup: cg, Current: 32768, Max: 32768}
+		f.Who = snap().Pods[0].Who
+		return f
+	}
+	for _, sc := range screens {
+		var out bytes.Buffer
+		w := NewText(&out)
+		w.Live = true
+		w.Size = func() (int, int) { return sc.cols, sc.rows }
+		w.Rates(snap(), false) // the flagged pods, for the failure lines
+		w.Failure(leakFailure(t0))
+		w.Flush(t0.Add(time.Second))
+		out.Reset()
+		w.Rates(snap(), false)
+		frame := strings.Split(strings.TrimSuffix(strings.TrimPrefix(out.String(), "\x1b[H\x1b[2J"), "\n"), "\n")
+		text := strings.Join(frame, "\n")
+		t.Logf("%d×%d:\n%s", sc.cols, sc.rows, text)
+		if len(frame) > sc.rows-1 {
+			t.Errorf("%d×%d: %d lines", sc.cols, sc.rows, len(frame))
+		}
+		for _, l := range frame {
+			if columns(l) > sc.cols {
+				t.Errorf("%d×%d: line of %d columns: %q", sc.cols, sc.rows, columns(l), l)
+			}
+		}
+		row := regexp.MustCompile(`(?m)^  LEAK (kube-system/)?calico-node-56bgm.*\n      pool-\*-thread-\* ×1,580 \(\+120/s\) in java\[4121\]$`)
+		if !row.MatchString(text) {
+			t.Errorf("%d×%d: no group line under the flagged pod's row", sc.cols, sc.rows)
+		}
+		failure := regexp.MustCompile(`(?m)^  14:02:11  EAGAIN  java\[4121\].*  pod pids\.max at 32768/32768(; growing: pool-\*-thread-\* ×1,580 \(\+120/s\) in java\[4121\])?$`)
+		m := failure.FindStringSubmatch(text)
+		switch {
+		case m == nil:
+			t.Errorf("%d×%d: no failure line of the flagged pod ending with its limit or its group", sc.cols, sc.rows)
+		case sc.cols >= 200 && m[1] == "":
+			t.Errorf("%d×%d: the failure line does not name the group", sc.cols, sc.rows)
 		}
 	}
 }
