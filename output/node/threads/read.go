@@ -15,11 +15,22 @@ import (
 )
 
 // Reader reads the names of processes' threads from a proc filesystem:
-// /proc/PID/comm for the process, /proc/PID/task/TID/comm for each thread.
-// Its buffers are reused, so that a thread costs an open, a read and a
-// close, and no allocation. Not safe for concurrent use.
+// /proc/PID/comm for the process, /proc/PID/task/ for its threads and
+// /proc/PID/task/TID/comm for a thread's name. Its buffers are reused: a
+// reading allocates nothing per thread.
+//
+// A thread's name is read when it is first listed, again at the next
+// round (a thread is named by itself or its creator right after it
+// starts), then every refreshRounds rounds, staggered by TID; in between
+// the name read last stands. A thread costs its entry in the listing, and
+// an open, a read and a close a tenth of the time. Not safe for concurrent
+// use.
 type Reader struct {
 	Proc string // where proc is mounted, "/proc" if empty
+
+	names  map[int]threadName // by TID
+	intern map[string]string  // the names read, each kept once
+	round  int
 
 	pids  []int
 	buf   []byte // cgroup.procs
@@ -29,6 +40,70 @@ type Reader struct {
 	fold  []byte
 	index map[string]int // one process's groups: folded name → index in the reading
 	cut   []bool         // one process's groups: named from a name the kernel may have cut
+}
+
+type threadName struct {
+	name        string // as read, unfolded
+	first, seen int    // rounds
+}
+
+// refreshRounds: a thread's name is read again every this many rounds.
+// forgetRounds: a thread not listed for this many is forgotten (within
+// twice as many).
+const (
+	refreshRounds = 10
+	forgetRounds  = 60
+)
+
+// EndRound ends a round of readings (the sampler's second): names read
+// last round are due again this one, threads not listed for forgetRounds
+// are forgotten.
+func (r *Reader) EndRound() {
+	r.round++
+	if r.round%forgetRounds != 0 {
+		return
+	}
+	intern := make(map[string]string, len(r.intern))
+	for tid, n := range r.names {
+		if r.round-n.seen > forgetRounds {
+			delete(r.names, tid)
+			continue
+		}
+		intern[n.name] = n.name
+	}
+	r.intern = intern
+}
+
+// threadName returns the name of thread tid (its /proc/PID/task entry is
+// dir), read or as read before.
+func (r *Reader) threadName(dir int, tid []byte) (string, error) {
+	id, ok := atoi(tid)
+	if !ok {
+		return "", unix.ENOENT
+	}
+	n, known := r.names[id]
+	if known && r.round-n.first != 1 && (r.round+id)%refreshRounds != 0 {
+		n.seen = r.round
+		r.names[id] = n
+		return n.name, nil
+	}
+	r.path = append(append(r.path[:0], tid...), "/comm\x00"...)
+	m, err := readAt(dir, r.path, r.name[:])
+	if err != nil {
+		return "", err
+	}
+	b := trimNL(r.name[:m])
+	s, ok := r.intern[string(b)]
+	if !ok {
+		s = string(b)
+		r.intern[s] = s
+	}
+	if !known {
+		n.first = r.round
+	}
+	n.name, n.seen = s, r.round
+	r.names[id] = n
+	return s, nil
 }
 
 // gone reports an error that means the task or cgroup ended while it was
@@ -136,6 +211,8 @@ func (r *Reader) Process(pid int, rd *Reading) error {
 	defer unix.Close(dfd)
 	if r.index == nil {
 		r.index = map[string]int{}
+		r.names = map[int]threadName{}
+		r.intern = map[string]string{}
 	}
 	clear(r.index)
 	first := len(rd.Groups)
@@ -170,15 +247,14 @@ func (r *Reader) Process(pid int, rd *Reading) error {
 			if len(tid) == 0 || tid[0] < '0' || tid[0] > '9' {
 				continue // "." and ".."
 			}
-			r.path = append(append(r.path[:0], tid...), "/comm\x00"...)
-			m, err := readAt(dfd, r.path, r.name[:])
+			read, err := r.threadName(dfd, tid)
 			if err != nil {
 				if gone(err) {
 					continue // the thread exited since the listing
 				}
 				return err
 			}
-			name := trimNL(r.name[:m])
+			name := append(r.name[:0], read...)
 			cut := false
 			if string(name) != comm {
 				cut = len(name) >= CommLen

@@ -282,6 +282,7 @@ func TestReaderAllocations(t *testing.T) {
 		if err := r.Process(os.Getpid(), &rd); err != nil {
 			t.Fatal(err)
 		}
+		r.EndRound()
 	})
 	groups := len(rd.Groups)
 	// The process's name, and per group its name and index entry.
@@ -304,6 +305,7 @@ func BenchmarkReadProcess(b *testing.B) {
 		if err := r.Process(os.Getpid(), &rd); err != nil {
 			b.Fatal(err)
 		}
+		r.EndRound()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(rd.Threads), "ns/thread")
 }
@@ -332,5 +334,61 @@ func TestHistorySparse(t *testing.T) {
 	got = h.Observe("pod:1", t0.Add(35*time.Second), reading(Group{Name: "pool-*-thread-*", Comm: "java", PID: 1, Count: 350}))
 	if g := got[0]; g.Growth != 150 || g.Span != 15*time.Second {
 		t.Fatalf("read 15 s after the last: %+v, want +150 over 15 s", g)
+	}
+}
+
+// A thread's name is read when it is first listed and at the next round
+// (a thread names itself, or is named, right after it starts), then every
+// refreshRounds rounds; threads no longer listed are forgotten.
+func TestReaderRereads(t *testing.T) {
+	proc := fakeProc(t, map[int][]string{10: {"app", "app", "app"}}, map[int]string{10: "app"})
+	rename := func(tid int, name string) {
+		if err := os.WriteFile(filepath.Join(proc, "10/task", fmt.Sprint(tid), "comm"), []byte(name+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &Reader{Proc: proc}
+	groups := func() string {
+		var rd Reading
+		if err := r.Process(10, &rd); err != nil {
+			t.Fatal(err)
+		}
+		Rank(rd.Groups)
+		var out []string
+		for _, g := range rd.Groups {
+			out = append(out, fmt.Sprintf("%s ×%d", g.Name, g.Count))
+		}
+		r.EndRound()
+		return strings.Join(out, ", ")
+	}
+	if got := groups(); got != "app ×3" {
+		t.Fatalf("round 0: %s", got)
+	}
+	// Threads 11 and 12 name themselves just after the first reading
+	// listed them: the next round reads them again.
+	rename(11, "worker-1")
+	rename(12, "worker-2")
+	if got := groups(); got != "worker-* ×2, app ×1" {
+		t.Fatalf("round 1: %s", got)
+	}
+	// A later rename shows within refreshRounds.
+	rename(12, "reaper")
+	seen := -1
+	for round := 2; round < 2+refreshRounds; round++ {
+		if got := groups(); got == "app ×1, reaper ×1, worker-* ×1" && seen < 0 {
+			seen = round
+		}
+	}
+	if seen < 0 {
+		t.Fatalf("a rename not seen within %d rounds", refreshRounds)
+	}
+	// Threads that exit are forgotten.
+	os.RemoveAll(filepath.Join(proc, "10/task/11"))
+	os.RemoveAll(filepath.Join(proc, "10/task/12"))
+	for i := 0; i <= 2*forgetRounds; i++ {
+		groups()
+	}
+	if len(r.names) != 1 {
+		t.Fatalf("%d names kept for 1 thread", len(r.names))
 	}
 }
