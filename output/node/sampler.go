@@ -118,8 +118,9 @@ type Sampler struct {
 	reader  threads.Reader
 	reading threads.Reading
 	// each pod's latest reading, kept while it is flagged, hot or tailed
-	threadsRead map[string]*threadsRead
-	tailed      []string // pod UIDs
+	threadsRead   map[string]*threadsRead
+	tailed        []string // pod UIDs
+	threadsBudget float64  // see defaultThreadsBudget
 }
 
 type podPids struct {
@@ -141,7 +142,7 @@ func NewSampler(k Kernel, root CgroupRoot, paths *CgroupPaths, attr *Attributor,
 		kernel: k, root: root, paths: paths, attr: attr,
 		tracker: rates.NewTracker(cfg), procfs: "/proc",
 		growth: map[string]*[growthWindow]int64{}, seen: map[string]int{},
-		pods: map[string]podPids{}, threads: threads.NewHistory(),
+		pods: map[string]podPids{}, threads: threads.NewHistory(), threadsBudget: defaultThreadsBudget,
 	}
 }
 
@@ -209,7 +210,7 @@ func (s *Sampler) readThreads(snap *Snapshot, fail func(string, error) bool) {
 			fail("the threads of "+cgroup, err)
 			r.groups = s.threads.Observe(key, now, &s.reading)
 			r.threads, r.processes = s.reading.Threads, s.reading.Processes
-			r.next = now.Add(time.Duration(float64(time.Since(start)) / threadsBudget))
+			r.next = now.Add(time.Duration(float64(time.Since(start)) / s.threadsBudget))
 		}
 		read[key] = r
 		return r
@@ -251,10 +252,10 @@ func (s *Sampler) readThreads(snap *Snapshot, fail func(string, error) bool) {
 	s.reader.EndRound()
 }
 
-// threadsBudget is the share of a core reading one pod's threads may take:
+// defaultThreadsBudget is the share of a core reading one pod's threads may take:
 // at 2 µs a thread (make bench), a pod of 10,000 threads is read every
 // second, one of 50,000 every 5 s.
-const threadsBudget = 0.02
+const defaultThreadsBudget = 0.02
 
 // threadsRead is a pod's latest reading, and when it is due again.
 type threadsRead struct {

@@ -90,6 +90,7 @@ func TestSamplerThreadsOfFlaggedPod(t *testing.T) {
 	root := CgroupRoot{Path: n.cgroupRoot}
 	s := NewSampler(k, root, NewCgroupPaths(root.Path), &Attributor{}, rates.DefaultConfig)
 	s.procfs = n.proc
+	s.threadsBudget = 1e9 // read every second, however long a reading takes here
 
 	names := func(leaked int) []string {
 		out := []string{"java", "java", "GC Thread#0", "GC Thread#1", "C2 CompilerThre"}
@@ -151,6 +152,26 @@ func TestSamplerThreadsOfFlaggedPod(t *testing.T) {
 			t.Fatalf("after 10 s more: %+v", p)
 		}
 	}
+	// A pod whose reading takes more than its budget is read less often:
+	// its last groups stand meanwhile.
+	s.threadsBudget = 1e-9
+	last := snap.Time
+	for sec := 1; sec <= 2; sec++ {
+		leaked += 25
+		n.threads(4121, "java", names(leaked))
+		k.counts[leakID] = tracer.TaskCounts{ThreadsCreated: uint64(5 + leaked)}
+		snap = s.Sample(last.Add(time.Duration(sec) * time.Second))
+		for _, p := range snap.Pods {
+			if p.Pod.UID == leakUID && (sec == 1) != (p.Threads[0].Count == leaked) {
+				t.Fatalf("second %d past its budget: %+v with %d threads", sec, p.Threads[0], leaked)
+			}
+		}
+	}
+	s.threadsBudget = 1e9
+	for _, r := range s.threadsRead {
+		r.next = time.Time{} // due now
+	}
+
 	// The process exits: its cgroup lists nobody, /proc has it no more.
 	n.container("/kubepods/burstable/pod"+leakUID+"/c1", 0)
 	os.RemoveAll(filepath.Join(n.proc, "4121"))
