@@ -22,9 +22,10 @@ import (
 // A thread's name is read when it is first listed, again at the next
 // round (a thread is named by itself or its creator right after it
 // starts), then every refreshRounds rounds, staggered by TID; in between
-// the name read last stands. A thread costs its entry in the listing, and
-// an open, a read and a close a tenth of the time. Not safe for concurrent
-// use.
+// the name read last stands: a rename, or a TID reused by a new thread
+// right after its last, shows within refreshRounds. A thread costs its
+// entry in the listing, and an open, a read and a close a tenth of the
+// time. Not safe for concurrent use.
 type Reader struct {
 	Proc string // where proc is mounted, "/proc" if empty
 
@@ -82,6 +83,9 @@ func (r *Reader) threadName(dir int, tid []byte) (string, error) {
 		return "", unix.ENOENT
 	}
 	n, known := r.names[id]
+	if known && r.round-n.seen > refreshRounds {
+		known = false // not listed for long: the TID may be another thread's now
+	}
 	if known && r.round-n.first != 1 && (r.round+id)%refreshRounds != 0 {
 		n.seen = r.round
 		r.names[id] = n

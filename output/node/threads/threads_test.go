@@ -382,6 +382,18 @@ func TestReaderRereads(t *testing.T) {
 	if seen < 0 {
 		t.Fatalf("a rename not seen within %d rounds", refreshRounds)
 	}
+	// A TID gone for a while and then another thread's is read anew.
+	os.RemoveAll(filepath.Join(proc, "10/task/12"))
+	for i := 0; i <= refreshRounds; i++ {
+		groups()
+	}
+	if err := os.MkdirAll(filepath.Join(proc, "10/task/12"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rename(12, "newcomer")
+	if got := groups(); got != "app ×1, newcomer ×1, worker-* ×1" {
+		t.Fatalf("a reused TID: %s", got)
+	}
 	// Threads that exit are forgotten.
 	os.RemoveAll(filepath.Join(proc, "10/task/11"))
 	os.RemoveAll(filepath.Join(proc, "10/task/12"))
