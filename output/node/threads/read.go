@@ -19,11 +19,11 @@ import (
 // /proc/PID/task/TID/comm for a thread's name. Its buffers are reused: a
 // reading allocates nothing per thread.
 //
-// A thread's name is read when it is first listed, again at the next
-// round (a thread is named by itself or its creator right after it
-// starts), then every refreshRounds rounds, staggered by TID; in between
-// the name read last stands: a rename, or a TID reused by a new thread
-// right after its last, shows within refreshRounds. A thread costs its
+// A thread's name is read when it is first listed, again when it is next
+// listed (a thread is named by itself or its creator right after it
+// starts), then every refreshReads times it is listed, staggered by TID;
+// in between the name read last stands: a rename, or a TID reused by a
+// new thread, shows within refreshReads readings. A thread costs its
 // entry in the listing, and an open, a read and a close a tenth of the
 // time. Not safe for concurrent use.
 type Reader struct {
@@ -44,21 +44,22 @@ type Reader struct {
 }
 
 type threadName struct {
-	name        string // as read, unfolded
-	first, seen int    // rounds
+	name   string // as read, unfolded
+	seen   int    // the round it was last listed in
+	unread int    // times listed since its name was read
+	again  bool   // read once: read again when next listed
 }
 
-// refreshRounds: a thread's name is read again every this many rounds.
-// forgetRounds: a thread not listed for this many is forgotten (within
-// twice as many).
+// refreshReads: a thread's name is read again every this many times it
+// is listed. forgetRounds: a thread not listed for this many rounds is
+// forgotten (within twice as many).
 const (
-	refreshRounds = 10
-	forgetRounds  = 60
+	refreshReads = 10
+	forgetRounds = 60
 )
 
-// EndRound ends a round of readings (the sampler's second): names read
-// last round are due again this one, threads not listed for forgetRounds
-// are forgotten.
+// EndRound ends a round of readings (the sampler's second): threads not
+// listed for forgetRounds are forgotten.
 func (r *Reader) EndRound() {
 	r.round++
 	if r.round%forgetRounds != 0 {
@@ -83,11 +84,9 @@ func (r *Reader) threadName(dir int, tid []byte) (string, error) {
 		return "", unix.ENOENT
 	}
 	n, known := r.names[id]
-	if known && r.round-n.seen > refreshRounds {
-		known = false // not listed for long: the TID may be another thread's now
-	}
-	if known && r.round-n.first != 1 && (r.round+id)%refreshRounds != 0 {
-		n.seen = r.round
+	n.seen = r.round
+	if known && !n.again && n.unread+1 < refreshReads {
+		n.unread++
 		r.names[id] = n
 		return n.name, nil
 	}
@@ -102,10 +101,10 @@ func (r *Reader) threadName(dir int, tid []byte) (string, error) {
 		s = string(b)
 		r.intern[s] = s
 	}
+	n.name, n.unread, n.again = s, 0, !known
 	if !known {
-		n.first = r.round
+		n.unread = id % refreshReads // staggered: not every name is due at once
 	}
-	n.name, n.seen = s, r.round
 	r.names[id] = n
 	return s, nil
 }

@@ -337,9 +337,10 @@ func TestHistorySparse(t *testing.T) {
 	}
 }
 
-// A thread's name is read when it is first listed and at the next round
-// (a thread names itself, or is named, right after it starts), then every
-// refreshRounds rounds; threads no longer listed are forgotten.
+// A thread's name is read when it is first listed and when it is next
+// listed (a thread names itself, or is named, right after it starts),
+// then every refreshReads times it is listed; a TID reused by a new thread
+// shows within as many; threads no longer listed are forgotten.
 func TestReaderRereads(t *testing.T) {
 	proc := fakeProc(t, map[int][]string{10: {"app", "app", "app"}}, map[int]string{10: "app"})
 	rename := func(tid int, name string) {
@@ -371,29 +372,28 @@ func TestReaderRereads(t *testing.T) {
 	if got := groups(); got != "worker-* ×2, app ×1" {
 		t.Fatalf("round 1: %s", got)
 	}
-	// A later rename shows within refreshRounds.
-	rename(12, "reaper")
-	seen := -1
-	for round := 2; round < 2+refreshRounds; round++ {
-		if got := groups(); got == "app ×1, reaper ×1, worker-* ×1" && seen < 0 {
-			seen = round
+	// A later rename shows within refreshReads readings.
+	within := func(what, want string) {
+		t.Helper()
+		for i := 0; i < refreshReads; i++ {
+			if groups() == want {
+				return
+			}
 		}
+		t.Fatalf("%s not seen within %d readings", what, refreshReads)
 	}
-	if seen < 0 {
-		t.Fatalf("a rename not seen within %d rounds", refreshRounds)
-	}
-	// A TID gone for a while and then another thread's is read anew.
+	rename(12, "reaper")
+	within("a rename", "app ×1, reaper ×1, worker-* ×1")
+	// A TID gone for a while and then another thread's.
 	os.RemoveAll(filepath.Join(proc, "10/task/12"))
-	for i := 0; i <= refreshRounds; i++ {
+	for i := 0; i < 3; i++ {
 		groups()
 	}
 	if err := os.MkdirAll(filepath.Join(proc, "10/task/12"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	rename(12, "newcomer")
-	if got := groups(); got != "app ×1, newcomer ×1, worker-* ×1" {
-		t.Fatalf("a reused TID: %s", got)
-	}
+	within("a reused TID", "app ×1, newcomer ×1, worker-* ×1")
 	// Threads that exit are forgotten.
 	os.RemoveAll(filepath.Join(proc, "10/task/11"))
 	os.RemoveAll(filepath.Join(proc, "10/task/12"))
