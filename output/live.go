@@ -14,16 +14,19 @@ import (
 // keep it whole the thread ID goes first, then the pod gives way (to its
 // name without the namespace, then clipped), then the caller. A line whose
 // end cannot be kept whole that way (a spike's numbers) is cut at the end
-// instead, its pod left whole. Piped, it is printed whole.
+// instead, its pod left whole. What is leaking (leak) goes first of all:
+// the live view shows it under the pod's row too. Piped, it is printed
+// whole.
 type eventLine struct {
 	head   string // time and what happened: "14:02:11  EAGAIN ×20  "
 	caller string // "calico-node[4121]", printed before (who); may be empty
 	tid    string // " tid 4130", after the caller
 	who    string // the pod, or the owner outside pods (Who)
 	tail   string // the limit, the numbers
+	leak   string // "; growing: pool-*-thread-* ×3,960 (+280/s) in java[4121]", or ""
 }
 
-func (l eventLine) String() string { return l.join(l.caller, l.tid, l.who) }
+func (l eventLine) String() string { return l.join(l.caller, l.tid, l.who) + l.leak }
 
 func (l eventLine) join(caller, tid, who string) string {
 	if caller != "" {
@@ -37,6 +40,9 @@ const keepAtLeast = 8
 
 // fit renders the line in at most n columns.
 func (l eventLine) fit(n int) string {
+	if whole := l.String(); columns(whole) <= n {
+		return whole
+	}
 	caller, tid, who := l.caller, l.tid, l.who
 	least := func(s string) string { return clipEnd(s, keepAtLeast) }
 	if columns(l.join(caller, tid, who)) <= n || columns(l.join(least(caller), "", least(who))) > n {
@@ -116,7 +122,7 @@ func (t *Text) redraw(s *node.Snapshot) error {
 	}
 	height := func() int {
 		return 2 + // title, blank
-			1 + pods + more(pods, len(s.Pods)) + 1 + // POD table, blank
+			1 + pods + leakLines(s, pods) + more(pods, len(s.Pods)) + 1 + // POD table, blank
 			1 + limits + more(limits, len(s.Forecasts)) + 1 + // LIMIT table, blank
 			1 + max(recent, 1) // RECENT, its lines or "none"
 	}

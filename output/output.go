@@ -26,6 +26,9 @@ type Writer interface {
 	// Rates reports the per-pod rates, spikes and forecasts sampled each
 	// second; periodic is set once per --interval.
 	Rates(s *node.Snapshot, periodic bool) error
+	// Threads reports the --pod tail's pod's groups of threads
+	// (Snapshot.Tailed), once per --interval.
+	Threads(s *node.Snapshot) error
 	// Flush writes out whatever is held back (folded bursts, buffers) that
 	// is due at now; the caller calls it periodically and when idle.
 	Flush(now time.Time) error

@@ -6,6 +6,7 @@ import (
 
 	"github.com/forkwatch/forkwatch/output/node"
 	"github.com/forkwatch/forkwatch/output/node/kube"
+	"github.com/forkwatch/forkwatch/output/node/threads"
 )
 
 // topPods is how many pods the text views rank.
@@ -25,6 +26,9 @@ type spikeJSON struct {
 	NetGrowth float64    `json:"net_growth"`       // (creations − exits)/s, last 10 s
 	Tasks     int64      `json:"tasks"`            // pids.current of the pod, -1 unknown
 	Limit     *limitJSON `json:"limit,omitempty"`  // nearest limit above the pod
+	// Threads: at the start, the pod's largest groups of threads, the
+	// growing first.
+	Threads *[]threads.Group `json:"threads,omitempty"`
 }
 
 type limitJSON struct {
@@ -53,6 +57,8 @@ type podRatesJSON struct {
 	ProcsCr   uint64     `json:"processes_created"`
 	ThreadsEx uint64     `json:"threads_exited"`
 	ProcsEx   uint64     `json:"processes_exited"`
+	// Threads: a spiking pod's largest groups of threads, the growing first.
+	Threads *[]threads.Group `json:"threads,omitempty"`
 }
 
 type ratesJSON struct {
@@ -87,7 +93,7 @@ func (j *JSON) Rates(s *node.Snapshot, periodic bool) error {
 		if err := j.enc.Encode(spikeJSON{
 			Time: s.Time, Event: "spike", State: state, Pod: p.Pod, Owner: p.Owner, Cgroup: p.Cgroup,
 			Reason: p.Reason, Rate: p.Rate1s, Baseline: p.Baseline, NetGrowth: p.Net10s,
-			Tasks: p.Tasks, Limit: limitOf(p),
+			Tasks: p.Tasks, Limit: limitOf(p), Threads: groupsJSON(p.Threads),
 		}); err != nil {
 			return err
 		}
@@ -107,6 +113,7 @@ func (j *JSON) Rates(s *node.Snapshot, periodic bool) error {
 			Spiking: p.Spiking, Reason: p.Reason,
 			ThreadsCr: p.Totals.ThreadsCreated, ProcsCr: p.Totals.ProcessesCreated,
 			ThreadsEx: p.Totals.ThreadsExited, ProcsEx: p.Totals.ProcessesExited,
+			Threads: groupsJSON(p.Threads),
 		})
 	}
 	return j.enc.Encode(out)
@@ -117,6 +124,7 @@ func (j *JSON) Rates(s *node.Snapshot, periodic bool) error {
 // redraws a top-like view every second instead, fitted to the terminal,
 // with the latest failures and spikes below it.
 func (t *Text) Rates(s *node.Snapshot, periodic bool) error {
+	t.noteLeaks(s)
 	if t.Live {
 		for _, tr := range s.Transitions {
 			t.remember(spikeLine(s.Time, &tr, true))
@@ -140,7 +148,7 @@ func (t *Text) Rates(s *node.Snapshot, periodic bool) error {
 
 // spikeLine renders a pod starting or stopping to spike, e.g.
 //
-//	14:02:05  SPIKE  shop/cart-7d9  leak: 300/s created (usual 12/s), net +280/s (usual +0/s), 4120 tasks, 52 left under /kubepods
+//	14:02:05  SPIKE  shop/cart-7d9  leak: 300/s created (usual 12/s), net +280/s (usual +0/s), 4120 tasks, 52 left under /kubepods; growing: pool-*-thread-* ×3,960 (+280/s) in java[4121]
 //
 // A pod's own limit is "pod pids.max"; other cgroups are named in full, or
 // short for the live view.
@@ -163,6 +171,9 @@ func spikeLine(at time.Time, tr *node.SpikeTransition, short bool) eventLine {
 			name = limitName(p.Limit.Name, p.Cgroup, 40)
 		}
 		l.tail += fmt.Sprintf(", %d left under %s", p.Limit.Headroom, name)
+	}
+	if len(p.Threads) > 0 {
+		l.leak = "; " + growingText(p.Threads[0])
 	}
 	return l
 }

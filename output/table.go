@@ -85,7 +85,8 @@ func layoutFor(width int) tableLayout {
 }
 
 // podTable renders the ranked pods within width columns: a header, at
-// most rows pods and a "… N more" line when some are left out.
+// most rows pods and a "… N more" line when some are left out. Under a
+// flagged pod's row, its top group of threads (see leakLines).
 func podTable(s *node.Snapshot, width, rows int) []string {
 	l := layoutFor(width)
 	var b strings.Builder
@@ -121,8 +122,23 @@ func podTable(s *node.Snapshot, width, rows int) []string {
 			b.WriteString(limitName(p.Limit.Name, p.Cgroup, l.limit-columns(left)) + left)
 		}
 		out = append(out, clipEnd(strings.TrimRight(b.String(), " "), width))
+		if p.Spiking && len(p.Threads) > 0 {
+			out = append(out, clipEnd(tableIndent+"    "+groupText(p.Threads[0]), width))
+		}
 	}
 	return out
+}
+
+// leakLines is how many lines of threads podTable adds under the first
+// rows pods.
+func leakLines(s *node.Snapshot, rows int) int {
+	n := 0
+	for i := range s.Pods[:min(rows, len(s.Pods))] {
+		if s.Pods[i].Spiking && len(s.Pods[i].Threads) > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // limitName names a pod's nearest limit in at most n columns: its own

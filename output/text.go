@@ -48,6 +48,7 @@ type Text struct {
 	term   *os.File // out, when it is a file: its terminal size
 	folds  map[foldKey]*fold
 	recent []eventLine
+	leaks  []leak // the flagged pods' top groups, from the latest snapshot
 }
 
 type foldKey struct {
@@ -218,6 +219,9 @@ func (t *Text) line(fd *fold, short bool) eventLine {
 	}
 	l.who = Who(f.Cgroup, f.Who)
 	l.tail = "  " + t.limitText(f, short)
+	if g := t.leakFor(f); g != "" {
+		l.leak = "; " + g
+	}
 	return l
 }
 

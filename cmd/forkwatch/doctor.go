@@ -44,7 +44,9 @@ var errRisksFound = errors.New("doctor: risks found")
 //	     "pod": {"namespace": "ns", "name": "web-0", "uid": "…"}, // pod role; names from --pod-logs-dir
 //	     "unit": "kubelet.service",                            // unit role
 //	     "current": 12,                                        // pids.current; -1 unknown
-//	     "max": 4096}                                          // pids.max; -1 unlimited ("max")
+//	     "max": 4096,                                          // pids.max; -1 unlimited ("max")
+//	     "threads": [{"name": "pool-*-thread-*", "comm": "java", // the 3 pods with the most tasks:
+//	                  "pid": 4121, "count": 1580}]}            // their 5 largest groups of live threads
 //	  ],
 //	  "systemd": [{"unit": "kubelet.service", "tasks_max": "15%",
 //	               "effective": 4915,          // tasks; -1 infinity, 0 unknown

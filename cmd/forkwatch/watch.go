@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -129,7 +130,7 @@ func watch(ctx context.Context, flags *Flags) error {
 	}
 	sampler := node.NewSampler(t, root, paths, attr, rates.DefaultConfig)
 	if tail != nil {
-		tail.tracer, tail.paths = t, paths
+		tail.tracer, tail.paths, tail.sampler = t, paths, sampler
 		if err := tail.refresh(); err != nil {
 			return err
 		}
@@ -198,9 +199,13 @@ func watch(ctx context.Context, flags *Flags) error {
 				if err = reportLost(w, snap.EventsLost, &lostSeen); err == nil {
 					err = w.Rates(snap, n%intervalTicks == 0)
 				}
-			default: // the tail shows no table; the metrics still follow the node
-				if err = reportLost(w, snap.EventsLost, &lostSeen); err == nil && m != nil {
+			default: // the tail shows its pod's threads, no table; the metrics still follow the node
+				err = reportLost(w, snap.EventsLost, &lostSeen)
+				if err == nil && m != nil {
 					err = m.Rates(snap, false)
+				}
+				if err == nil && n%intervalTicks == 0 {
+					err = w.Threads(snap)
 				}
 			}
 			if err == nil {
@@ -301,6 +306,7 @@ type podTail struct {
 	ns, name string
 	tracer   *tracer.Tracer
 	paths    *node.CgroupPaths
+	sampler  *node.Sampler // reads the pod's threads
 
 	mu     sync.Mutex
 	uids   map[string]bool
@@ -340,6 +346,12 @@ func (p *podTail) refresh() error {
 	p.mu.Lock()
 	p.uids, p.tailed = uids, want
 	p.mu.Unlock()
+	tailed := make([]string, 0, len(uids))
+	for uid := range uids {
+		tailed = append(tailed, uid)
+	}
+	slices.Sort(tailed)
+	p.sampler.Tail(tailed)
 	return nil
 }
 

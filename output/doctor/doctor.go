@@ -137,6 +137,9 @@ type Cgroup struct {
 	Unit    string `json:"unit,omitempty"`
 	Current int64  `json:"current"` // -1: unknown (the v1 root has no pids.current)
 	Max     int64  `json:"max"`     // -1: unlimited ("max")
+	// Threads: for the pods with the most tasks, their largest groups of
+	// live threads.
+	Threads []ThreadGroup `json:"threads,omitempty"`
 }
 
 // Pod names a pod, as the watcher does; Namespace and Name are empty when
@@ -181,6 +184,7 @@ func Check(cfg Config) Report {
 	}}
 	c.readNode()
 	c.readCgroups()
+	c.readThreads()
 	c.readSystemd()
 	c.readNproc()
 	c.findings()

@@ -713,3 +713,58 @@ func TestLiveNode(t *testing.T) {
 	}
 	t.Logf("\n%s", b.String())
 }
+
+// The pods with the most tasks show their largest groups of threads, read
+// from their cgroups' processes and /proc; the others are not read.
+func TestThreadsOfBusiestPods(t *testing.T) {
+	n := newNode(t, 4194304, 1000000, 3000)
+	n.cgroup("kubepods", 2000, "max")
+	n.cgroup("kubepods/burstable", 2000, "max")
+	uids := []string{uidA, uidB, "cccccccc-0000-0000-0000-000000000003", "dddddddd-0000-0000-0000-000000000004"}
+	tasks := []int64{1650, 40, 3, 200}
+	for i, uid := range uids {
+		pod := "kubepods/burstable/pod" + uid
+		n.cgroup(pod, tasks[i], "max")
+		pid := 1000 * (i + 1)
+		n.file(filepath.Join("cgroup", pod, "ctr"+fmt.Sprint(i), "cgroup.procs"), fmt.Sprintln(pid))
+		n.file(fmt.Sprintf("proc/%d/comm", pid), "java\n")
+		names := []string{"java"}
+		for k := 0; k < int(tasks[i])-1; k++ {
+			name := fmt.Sprintf("pool-3-thread-%d", k)
+			if k%100 == 0 {
+				name = fmt.Sprintf("GC Thread#%d", k)
+			}
+			names = append(names, name[:min(len(name), 15)])
+		}
+		for k, name := range names {
+			n.file(fmt.Sprintf("proc/%d/task/%d/comm", pid, pid+k), name+"\n")
+		}
+	}
+	n.podLog("shop", "cart-7d9", uidA)
+	r := n.check()
+	read := map[string][]ThreadGroup{}
+	for _, cg := range r.Cgroups {
+		if cg.Threads != nil {
+			read[cg.Pod.UID] = cg.Threads
+		}
+	}
+	if len(read) != 3 || read[uids[2]] != nil {
+		t.Fatalf("threads read for %v; want the 3 pods with the most tasks", read)
+	}
+	want := []ThreadGroup{{"pool-*-thread-*", "java", 1000, 1632}, {"GC Thread#*", "java", 1000, 17}, {"java", "java", 1000, 1}}
+	if fmt.Sprint(read[uidA]) != fmt.Sprint(want) {
+		t.Fatalf("groups of the busiest pod %+v, want %+v", read[uidA], want)
+	}
+	var b bytes.Buffer
+	if err := r.WriteText(&b, DefaultWidth); err != nil {
+		t.Fatal(err)
+	}
+	want1 := "threads of the pods with the most tasks\n  shop/cart-7d9, 1,650 tasks\n    pool-*-thread-* ×1,632 in java[1000]\n    GC Thread#* ×17 in java[1000]\n    java ×1 in java[1000]\n  pod" + uids[3] + ", 200 tasks\n"
+	if !strings.Contains(b.String(), want1) {
+		t.Fatalf("text:\n%s\nwant:\n%s", b.String(), want1)
+	}
+	j, _ := json.Marshal(r)
+	if !strings.Contains(string(j), `"max":-1,"threads":[{"name":"pool-*-thread-*","comm":"java","pid":1000,"count":1632},`) {
+		t.Fatalf("JSON: %s", j)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"sort"
 	"strings"
 	"unicode/utf8"
 )
@@ -142,6 +143,8 @@ func (r *Report) WriteText(w io.Writer, width int) error {
 
 	prose := min(usable, proseWidth-1)
 	wrap := func(prefix, text string) { writeWrapped(bw, prefix, text, prose, usable) }
+
+	r.writeThreads(bw, usable)
 	fmt.Fprintln(bw)
 	for _, f := range r.Findings {
 		if f.Severity == Info && strings.HasPrefix(f.ID, "limit-") {
@@ -254,4 +257,45 @@ func plural(n int, word string) string {
 		return "1 " + word
 	}
 	return fmt.Sprintf("%d %ss", n, word)
+}
+
+// writeThreads writes the largest groups of threads of the pods read:
+//
+//	threads of the pods with the most tasks
+//	  shop/cart-7d9, 1,640 tasks
+//	    pool-*-thread-* ×1,580 in java[4121]
+func (r *Report) writeThreads(w io.Writer, usable int) {
+	var pods []Cgroup
+	for _, cg := range r.Cgroups {
+		if cg.Threads != nil {
+			pods = append(pods, cg)
+		}
+	}
+	if len(pods) == 0 {
+		return
+	}
+	sort.SliceStable(pods, func(i, j int) bool { return pods[i].Current > pods[j].Current })
+	fmt.Fprintln(w, "\nthreads of the pods with the most tasks")
+	for _, cg := range pods {
+		fmt.Fprintf(w, "  %s, %s tasks\n", clip(podLabel(cg.Pod), usable-20), thousands(cg.Current))
+		for _, g := range cg.Threads {
+			fmt.Fprintln(w, "    "+clip(fmt.Sprintf("%s ×%s in %s[%d]", g.Name, thousands(int64(g.Count)), g.Comm, g.PID), usable-4))
+		}
+	}
+}
+
+// thousands renders 1580 as 1,580.
+func thousands(n int64) string {
+	s := fmt.Sprint(n)
+	if n < 0 {
+		return s
+	}
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
 }

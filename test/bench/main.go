@@ -12,7 +12,8 @@
 // busy machine.
 //
 // The bench runs copies of itself as load generators ("bench worker-fail",
-// "bench worker-churn", "bench worker-touch"); see workers.go.
+// "bench worker-churn", "bench worker-touch", "bench worker-threads"); see
+// workers.go and threads.go.
 package main
 
 import (
@@ -40,7 +41,7 @@ var (
 	cpuTime      = flag.Duration("cpu-time", 20*time.Second, "how long forkwatch's CPU is measured, idle and under load each")
 	rssMinutes   = flag.Float64("rss-minutes", 10, "how long forkwatch runs with 500 pod cgroups before its peak RSS is read")
 	rssCgroups   = flag.Int("rss-cgroups", 500, "pod cgroups existing while RSS is measured")
-	only         = flag.String("only", "", "run only these sections, comma-separated: storms,failures,cpu,start,rss")
+	only         = flag.String("only", "", "run only these sections, comma-separated: storms,failures,cpu,threads,start,rss")
 	kinds        = flag.String("kinds", "thread,process,syscall", "storms section: the storms to run (syscall: a getppid loop, what a tracer adds to every syscall)")
 	mode         = flag.String("mode", "", "forkwatch's --mode (default: its own, auto)")
 	tracersFlag  = flag.String("tracers", "none,forkwatch,pod,bpftrace", "storms section: the tracers to compare, none being the A/A control (also bpftrace-syscalls, bpftrace-counts: forkwatch's two kinds of hooks, each done by bpftrace)")
@@ -149,6 +150,7 @@ func run(ctx context.Context) error {
 		{"storms", storms},
 		{"failures", failures},
 		{"cpu", cpuCost},
+		{"threads", flaggedCost},
 		{"start", startup},
 		{"rss", rss},
 	}

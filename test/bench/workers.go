@@ -26,6 +26,8 @@ func worker(role string, args []string) int {
 		err = churnWorker(args)
 	case "worker-touch":
 		err = touchWorker(args)
+	case "worker-threads":
+		err = threadsWorker(args)
 	default:
 		err = fmt.Errorf("unknown worker %q", role)
 	}

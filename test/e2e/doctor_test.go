@@ -31,6 +31,12 @@ type doctorReport struct {
 		Pod     *pod   `json:"pod"`
 		Current int64  `json:"current"`
 		Max     int64  `json:"max"`
+		Threads []struct {
+			Name  string `json:"name"`
+			Comm  string `json:"comm"`
+			PID   int    `json:"pid"`
+			Count int    `json:"count"`
+		} `json:"threads"`
 	} `json:"cgroups"`
 	Findings []doctorFinding `json:"findings"`
 }

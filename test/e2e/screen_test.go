@@ -191,6 +191,8 @@ var (
 	liveTitle = regexp.MustCompile(`^forkwatch  (\d\d:\d\d:\d\d)  node: \d+ tasks, pid_max \d+, threads-max \d+`)
 	// A pod row ends with its nearest limit and the headroom left.
 	podRow = regexp.MustCompile(`^  \S.* \(-?\d+ left\)$`)
+	// Under a flagged pod's row, its top group of threads.
+	groupRow = regexp.MustCompile(`^      \S.* ×[\d,]+( \([+-][\d.]+/s\))? in .+\[\d+\]$`)
 )
 
 // liveFrame is one complete drawing of the live view: its clock, and every
@@ -243,14 +245,25 @@ func (f liveFrame) problems(cols int) []string {
 		bad = append(bad, fmt.Sprintf("table header not on one line: %q", h))
 	}
 	// Every line from the header to the "… N more" line or the blank line
-	// is a whole pod row: a wrapped row's second half would not be.
-	for _, l := range f.lines[f.header+1:] {
+	// is a whole pod row, or a flagged pod's group of threads under its
+	// row: a wrapped row's second half would be neither.
+	leakGroup := ""
+	for i, l := range f.lines[f.header+1:] {
 		if l == "" || strings.HasPrefix(l, "  … ") {
 			break
+		}
+		if groupRow.MatchString(l) && i > 0 && podRow.MatchString(f.lines[f.header+i]) {
+			if f.lines[f.header+i] == f.leakRow {
+				leakGroup = l
+			}
+			continue
 		}
 		if !podRow.MatchString(l) {
 			bad = append(bad, fmt.Sprintf("not a whole pod row: %q", l))
 		}
+	}
+	if leakGroup == "" {
+		bad = append(bad, "no group of threads under the leaking pod's row")
 	}
 	for _, r := range []struct{ what, row string }{{"leaking", f.leakRow}, {"failing", f.failRow}} {
 		if !podRow.MatchString(r.row) || !strings.Contains(r.row, "pod pids.max (") {

@@ -83,6 +83,7 @@ type Stats struct {
 	Baseline                 float64 // the baseline rate the burst rule compares with
 	BaselineGrowth           float64
 	Spiking                  bool
+	Hot                      int    // consecutive seconds, up to now, a condition held: Spiking from SustainSeconds
 	Reason                   string // leak, burst or headroom while spiking
 	SpikingSince             time.Time
 	Histogram                Histogram
@@ -271,7 +272,7 @@ func (t *Tracker) stats(key string, p *pod) Stats {
 		Totals: p.last, Tasks: p.sample.Tasks, Limit: p.sample.Limit,
 		P50: percentile(append([]float64(nil), kept...), 0.50), P99: percentile(append([]float64(nil), kept...), 0.99),
 		Baseline: p.frozen[0], BaselineGrowth: p.frozen[1],
-		Spiking: p.spiking, SpikingSince: p.since,
+		Spiking: p.spiking, Hot: p.hot, SpikingSince: p.since,
 		Histogram: Histogram{Counts: append([]uint64(nil), p.hist.Counts...), Sum: p.hist.Sum, Count: p.hist.Count},
 	}
 	for _, v := range kept {
