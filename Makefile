@@ -48,6 +48,7 @@ test-e2e: ## end-to-end tests on this machine's kernel (root; skipped without, f
 
 fuzz: ## run each fuzz target briefly (seed corpora in testdata/fuzz)
 	$(GO) test -run=NONE -fuzz=FuzzDecodeFailure -fuzztime=10s ./tracer/
+	$(GO) test -run=NONE -fuzz=FuzzAppendFailure -fuzztime=10s ./output/
 	$(GO) test -run=NONE -fuzz=FuzzParseCgroupPath -fuzztime=10s ./output/node/kube/
 	$(GO) test -run=NONE -fuzz=FuzzParsePodLogDirName -fuzztime=10s ./output/node/kube/
 

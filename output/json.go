@@ -51,7 +51,10 @@ func (j *JSON) Attached(mode tracer.Mode, attached []tracer.Attachment) error {
 }
 
 // Failure writes one fork_failed object.
-func (j *JSON) Failure(f *node.Failure) error { return j.enc.Encode(f) }
+func (j *JSON) Failure(f *node.Failure) error {
+	_, err := j.w.Write(appendFailure(j.w.AvailableBuffer(), f))
+	return err
+}
 
 // Task writes one task_created or task_exited object.
 func (j *JSON) Task(ev *node.TaskEvent) error { return j.enc.Encode(ev) }

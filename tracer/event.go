@@ -124,6 +124,18 @@ type Record struct {
 	IsFailure bool
 	Failure   Failure
 	Task      TaskEvent
+
+	// The last cgroup path and command decoded: a storm repeats them
+	// record after record, and reusing the string spares an allocation.
+	path, comm string
+}
+
+// intern returns b as a string, *last if it holds the same bytes.
+func intern(last *string, b []byte) string {
+	if string(b) != *last { // compared without a copy
+		*last = string(b)
+	}
+	return *last
 }
 
 // eventSize is the size of one failure record: the generated struct, defined
@@ -161,22 +173,27 @@ func Decode(raw []byte, clock Clock, r *Record) error {
 	if pathLen > len(e.CgroupPath) {
 		return fmt.Errorf("cgroup path length %d out of range", pathLen)
 	}
-	path := cString(unsafe.Slice((*byte)(unsafe.Pointer(&e.CgroupPath[0])), pathLen))
+	path := intern(&r.path, cBytes(unsafe.Slice((*byte)(unsafe.Pointer(&e.CgroupPath[0])), pathLen)))
 	if path == "" || path[0] != '/' {
 		return fmt.Errorf("cgroup path %q is not absolute", path)
 	}
 	switch forkwatchEventType(e.Type) {
 	case forkwatchEventTypeEVENT_FORK_FAILED:
 		r.IsFailure = true
-		return decodeFailure(e, path, clock, &r.Failure)
+		return decodeFailure(e, path, r.commOf(e), clock, &r.Failure)
 	case forkwatchEventTypeEVENT_TASK_CREATED, forkwatchEventTypeEVENT_TASK_EXITED:
 		r.IsFailure = false
-		return decodeTask(e, path, clock, &r.Task)
+		return decodeTask(e, path, r.commOf(e), clock, &r.Task)
 	}
 	return fmt.Errorf("unknown record type %d", e.Type)
 }
 
-func decodeTask(e *forkwatchEvent, path string, clock Clock, t *TaskEvent) error {
+// commOf returns the record's command name.
+func (r *Record) commOf(e *forkwatchEvent) string {
+	return intern(&r.comm, cBytes(unsafe.Slice((*byte)(unsafe.Pointer(&e.Comm[0])), len(e.Comm))))
+}
+
+func decodeTask(e *forkwatchEvent, path, comm string, clock Clock, t *TaskEvent) error {
 	var kind Kind
 	switch forkwatchTaskKind(e.Kind) {
 	case forkwatchTaskKindKIND_THREAD:
@@ -193,7 +210,7 @@ func decodeTask(e *forkwatchEvent, path string, clock Clock, t *TaskEvent) error
 		PID:           e.Pid,
 		TID:           e.Tid,
 		UID:           e.Uid,
-		Comm:          cString(unsafe.Slice((*byte)(unsafe.Pointer(&e.Comm[0])), len(e.Comm))),
+		Comm:          comm,
 		Cgroup:        path,
 		CgroupID:      e.CgroupId,
 		PathTruncated: e.Flags&uint8(forkwatchEventFlagsEVENT_PATH_TRUNCATED) != 0,
@@ -218,7 +235,7 @@ func decodeTask(e *forkwatchEvent, path string, clock Clock, t *TaskEvent) error
 	return nil
 }
 
-func decodeFailure(e *forkwatchEvent, path string, clock Clock, f *Failure) error {
+func decodeFailure(e *forkwatchEvent, path, comm string, clock Clock, f *Failure) error {
 	cause, ok := causeNames[forkwatchFailCause(e.Cause)]
 	if !ok {
 		return fmt.Errorf("unknown cause %d", e.Cause)
@@ -236,7 +253,7 @@ func decodeFailure(e *forkwatchEvent, path string, clock Clock, f *Failure) erro
 		PID:           e.Pid,
 		TID:           e.Tid,
 		UID:           e.Uid,
-		Comm:          cString(unsafe.Slice((*byte)(unsafe.Pointer(&e.Comm[0])), len(e.Comm))),
+		Comm:          comm,
 		Cgroup:        path,
 		CgroupID:      e.CgroupId,
 		PathTruncated: e.Flags&uint8(forkwatchEventFlagsEVENT_PATH_TRUNCATED) != 0,
@@ -274,11 +291,12 @@ func pathPrefix(path string, level int) string {
 	return path[:i]
 }
 
-func cString(b []byte) string {
+// cBytes returns b up to its first NUL.
+func cBytes(b []byte) []byte {
 	if i := bytes.IndexByte(b, 0); i >= 0 {
 		b = b[:i]
 	}
-	return string(b)
+	return b
 }
 
 // errnoName turns a negative syscall return into its errno's name.

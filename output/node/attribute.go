@@ -1,6 +1,8 @@
 package node
 
 import (
+	"time"
+
 	"github.com/forkwatch/forkwatch/output/node/kube"
 	"github.com/forkwatch/forkwatch/tracer"
 )
@@ -43,24 +45,38 @@ func (a *Attributor) Resolve(cgroup string) Who {
 type Failure struct {
 	tracer.Failure
 	Who
+	resolved time.Time // when Who was looked up (see Attributor.Failure)
 }
 
 // TaskEvent is a task created or exited, with whose it was.
 type TaskEvent struct {
 	tracer.TaskEvent
 	Who
+	resolved time.Time
 }
 
 // Failure sets dst to the failed fork f and who made it. dst is the
 // caller's, reused from record to record: the reader allocates nothing per
 // failure.
+//
+// A storm repeats one cgroup record after record: the previous record's
+// Who is kept for the same path for up to reresolve, so that a pod named
+// later (its log directory appeared) is named in the storm within that.
 func (a *Attributor) Failure(dst *Failure, f *tracer.Failure) {
+	if f.Cgroup != dst.Cgroup || f.Time.Sub(dst.resolved) > reresolve || f.Time.Before(dst.resolved) {
+		dst.Who, dst.resolved = a.Resolve(f.Cgroup), f.Time
+	}
 	dst.Failure = *f
-	dst.Who = a.Resolve(f.Cgroup)
 }
+
+// reresolve bounds how long a record's Who is reused for the next record
+// from the same cgroup.
+const reresolve = time.Second
 
 // Task sets dst to the created or exited task t and whose it was.
 func (a *Attributor) Task(dst *TaskEvent, t *tracer.TaskEvent) {
+	if t.Cgroup != dst.Cgroup || t.Time.Sub(dst.resolved) > reresolve || t.Time.Before(dst.resolved) {
+		dst.Who, dst.resolved = a.Resolve(t.Cgroup), t.Time
+	}
 	dst.TaskEvent = *t
-	dst.Who = a.Resolve(t.Cgroup)
 }
