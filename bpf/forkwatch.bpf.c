@@ -68,6 +68,21 @@ const volatile __u8 pids_hierarchy = 0;
 #define PIDS_EVENTS_LIMIT 2
 const volatile __u8 pids_events = 0;
 
+/* Arming the failure hooks by pressure (tracepoint mode, where the
+ * syscall-exit programs tax every syscall on the node while attached).
+ * Userspace sets pressure_watch when it attaches them only on demand; the
+ * counters then check, for every task created or moved into a cgroup,
+ * whether a limit that could refuse its next fork is within reach:
+ * headroom below pressure_pct percent of the limit or pressure_min tasks,
+ * whichever is larger. The first such task since userspace last cleared
+ * pressure_sent is reported (EVENT_PRESSURE); pressure_last_ns says when a
+ * limit was last within reach, for detaching after a calm period. */
+volatile __u8 pressure_watch = 0;
+volatile __u8 pressure_sent = 0;
+volatile __u64 pressure_last_ns = 0;
+const volatile __u32 pressure_pct = 10;
+const volatile __u32 pressure_min = 64;
+
 #define EPERM 1
 #define EAGAIN 11
 #define ENOMEM 12
@@ -513,6 +528,20 @@ static __always_inline int fill_cgroup_path(struct event *e, struct cgroup *leaf
 	return depth;
 }
 
+/* Whether a limit of max with current in use is within reach (see
+ * pressure_watch). */
+static __always_inline bool near_limit(s64 current, s64 max)
+{
+	s64 slack;
+
+	if (max <= 0)
+		return false;
+	slack = (s64)((u64)max / 100 * pressure_pct);
+	if (slack < pressure_min)
+		slack = pressure_min;
+	return max - current < slack;
+}
+
 static __always_inline s64 pids_limit(struct pids_cgroup *pc)
 {
 	if (bpf_core_field_exists(((struct pids_cgroup___s64_limit *)0)->limit)) {
@@ -787,7 +816,7 @@ static __always_inline void set_pidns_cause(struct event *e, struct pidns_hit *h
  * least RLIMIT_NPROC tasks, unless the user is root or the caller has
  * CAP_SYS_RESOURCE or CAP_SYS_ADMIN.
  */
-static __always_inline bool find_rlimit_nproc(struct event *e, struct task_struct *task)
+static __always_inline bool find_rlimit_nproc(struct event *e, struct task_struct *task, bool near)
 {
 	const struct cred *cred = BPF_CORE_READ(task, real_cred);
 	u64 caps = 0, rlim;
@@ -817,7 +846,7 @@ static __always_inline bool find_rlimit_nproc(struct event *e, struct task_struc
 
 		count = BPF_CORE_READ(user, processes.counter);
 	}
-	if ((u64)count < rlim)
+	if (near ? rlim >= PIDS_MAX || !near_limit(count, rlim) : (u64)count < rlim)
 		return false;
 	e->cause = CAUSE_RLIMIT_NPROC;
 	e->limit_id = uid;
@@ -886,7 +915,7 @@ static __always_inline void classify(struct event *e, struct task_struct *task, 
 		return;
 	}
 	nl = bpf_map_lookup_elem(&node_limits_now, &zero);
-	if (find_rlimit_nproc(e, task))
+	if (find_rlimit_nproc(e, task, false))
 		return;
 	find_pidns_limits(task, nl, &exact, &wrapped, &init_allocated);
 	if (exact.found) {
@@ -985,6 +1014,108 @@ static __always_inline void submit_event(void *ctx, struct event *e, int v)
 	 * that CPU's buffer, which may never come. */
 	if (err)
 		count_lost();
+}
+
+/* The first pids cgroup from css up whose limit is within reach. */
+static __always_inline bool find_pids_pressure(struct cgroup_subsys_state *css, struct pids_hit *hit, int v)
+{
+#pragma unroll
+	for (int i = 0; i < MAX_CGROUP_DEPTH; i++) {
+		struct cgroup_subsys_state *parent;
+		struct pids_cgroup *pc;
+		s64 counter, limit;
+
+		if (!css)
+			break;
+		parent = css_parent(css, v);
+		if (!parent)
+			break;
+		pc = (struct pids_cgroup *)css;
+		limit = pids_limit(pc);
+		if (limit < PIDS_MAX) {
+			counter = BPF_CORE_READ(pc, counter.counter);
+			if (near_limit(counter, limit)) {
+				set_pids_hit(hit, css, counter, limit, i, 0, v);
+				return true;
+			}
+		}
+		css = parent;
+	}
+	return false;
+}
+
+/*
+ * task was just created or moved into a cgroup: if a limit that could
+ * refuse its (or its cgroup's) next fork is within reach, note when, and
+ * tell userspace once (see pressure_watch). Checked in the order
+ * copy_process() applies them; the PID namespaces also give the node's task
+ * count for threads-max, as in classify().
+ */
+static __always_inline void check_pressure(void *ctx, struct task_struct *task, int v)
+{
+	struct cgroup_subsys_state *css = task_pids_css(task);
+	struct pid_namespace *ns = task_child_pidns(task);
+	struct event probe = {}, *e;
+	struct node_limits *nl;
+	struct pids_hit hit = {};
+	u32 zero = 0, init_allocated = 0;
+
+	nl = bpf_map_lookup_elem(&node_limits_now, &zero);
+	if (find_rlimit_nproc(&probe, task, true))
+		goto near;
+#pragma unroll
+	for (int i = 0; i < MAX_PIDNS_WALK; i++) {
+		s64 allocated, max;
+
+		if (!ns)
+			break;
+		allocated = pidns_allocated(ns);
+		max = pidns_pid_max(ns, nl);
+		init_allocated = allocated;
+		if (max > 0 && !probe.cause && near_limit(allocated, max)) {
+			probe.cause = CAUSE_PID_MAX;
+			probe.limit_id = pidns_inum(ns);
+			probe.limit_current = allocated;
+			probe.limit_max = max;
+		}
+		ns = BPF_CORE_READ(ns, parent);
+	}
+	if (probe.cause)
+		goto near;
+	if (nl && nl->threads_max > 0 && near_limit(init_allocated, nl->threads_max)) {
+		probe.cause = CAUSE_THREADS_MAX;
+		probe.limit_current = init_allocated;
+		probe.limit_max = nl->threads_max;
+		goto near;
+	}
+	if (!find_pids_pressure(css, &hit, v))
+		return;
+	probe.cause = CAUSE_PIDS_CGROUP;
+	probe.limit_id = hit.id;
+	probe.limit_level = hit.level;
+	probe.limit_current = hit.current;
+	probe.limit_max = hit.max;
+near:
+	pressure_last_ns = bpf_ktime_get_ns();
+	/* Not atomic (compare-and-swap needs 5.12): two CPUs may both report;
+	 * userspace attaches once. */
+	if (pressure_sent)
+		return;
+	pressure_sent = 1;
+	e = new_event(EVENT_PRESSURE, task, v);
+	if (!e)
+		return;
+	e->cause = probe.cause;
+	e->limit_id = probe.limit_id;
+	e->limit_level = probe.limit_level;
+	e->limit_current = probe.limit_current;
+	e->limit_max = probe.limit_max;
+	e->cgroup_id = cgroup_id(task_cgroup(task, css), v);
+	fill_cgroup_path(e, task_cgroup(task, css), v);
+	if (use_ring(v))
+		bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	else
+		submit_event(ctx, e, v);
 }
 
 static __always_inline void remember_failure(u32 tgid, u64 now, u8 syscall)
@@ -1393,6 +1524,8 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
 		else
 			c->processes_created++;
 	}
+	if (!(v & (V_OUT_RING | V_OUT_PERF)) && pressure_watch)
+		check_pressure(ctx, child, v);
 	if (!tail_on(v))
 		return 0;
 	if (v & V_BTF)
@@ -1542,6 +1675,25 @@ int BPF_PROG(fw_btf_exit, struct task_struct *task)
 	if (bpf_preempt_enable)
 		bpf_preempt_enable();
 	return ret;
+}
+
+/* A task moved into a cgroup (a container's first process, before it execs
+ * its program): a limit within reach there arms the failure hooks before
+ * that program's first fork. */
+SEC("tp_btf/cgroup_attach_task")
+int BPF_PROG(fw_btf_cgattach, struct cgroup *dst, const char *path, struct task_struct *task)
+{
+	if (pressure_watch)
+		check_pressure(ctx, task, V_BTF);
+	return 0;
+}
+
+SEC("raw_tp/cgroup_attach_task")
+int BPF_PROG(fw_raw_cgattach, struct cgroup *dst, const char *path, struct task_struct *task)
+{
+	if (pressure_watch)
+		check_pressure(ctx, task, V_OUT_GLOBAL);
+	return 0;
 }
 
 /* Kprobe mode (no raw tracepoints before 4.17): wake_up_new_task(child) is

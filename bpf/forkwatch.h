@@ -15,6 +15,10 @@ enum event_type {
 	EVENT_FORK_FAILED = 1,
 	EVENT_TASK_CREATED = 2, /* --pod tail only */
 	EVENT_TASK_EXITED = 3,  /* --pod tail, and processes whose forks failed */
+	/* A task was created in (or moved into) reach of a limit: the failure
+	 * hooks are to be attached (--failure-hooks=pressure). cause and the
+	 * limit fields name the limit, as in fork_failed. */
+	EVENT_PRESSURE = 4,
 };
 
 enum task_kind {

@@ -24,10 +24,11 @@ func NewJSON(w io.Writer) *JSON {
 }
 
 type attachedEvent struct {
-	Time     time.Time           `json:"time"`
-	Event    string              `json:"event"`
-	Mode     tracer.Mode         `json:"mode"`
-	Programs []attachedProgramJS `json:"programs"`
+	Time         time.Time           `json:"time"`
+	Event        string              `json:"event"`
+	Mode         tracer.Mode         `json:"mode"`
+	Programs     []attachedProgramJS `json:"programs"`
+	FailureHooks tracer.HooksState   `json:"failure_hooks"`
 }
 
 type attachedProgramJS struct {
@@ -35,14 +36,31 @@ type attachedProgramJS struct {
 	Hook     string      `json:"hook"`
 	Mode     tracer.Mode `json:"mode"`
 	Fallback string      `json:"fallback,omitempty"`
+	OnDemand bool        `json:"on_demand,omitempty"`
 }
 
-// Attached writes {"event":"attached","mode":…,"programs":[{"program","hook","mode","fallback"}…]}:
-// fallback says why a better mode's program was not used for that job.
-func (j *JSON) Attached(mode tracer.Mode, attached []tracer.Attachment) error {
-	ev := attachedEvent{Time: time.Now(), Event: "attached", Mode: mode}
+type hooksEvent struct {
+	Time  time.Time `json:"time"`
+	Event string    `json:"event"`
+	tracer.HooksState
+}
+
+// FailureHooks writes {"event":"failure_hooks","armed","policy","reason"}
+// at once.
+func (j *JSON) FailureHooks(at time.Time, hooks tracer.HooksState) error {
+	if err := j.enc.Encode(hooksEvent{Time: at, Event: "failure_hooks", HooksState: hooks}); err != nil {
+		return err
+	}
+	return j.w.Flush()
+}
+
+// Attached writes {"event":"attached","mode":…,"programs":[{"program","hook","mode","fallback","on_demand"}…],"failure_hooks":{…}}:
+// fallback says why a better mode's program was not used for that job;
+// on_demand marks a failure hook attached only while failure_hooks.armed.
+func (j *JSON) Attached(mode tracer.Mode, attached []tracer.Attachment, hooks tracer.HooksState) error {
+	ev := attachedEvent{Time: time.Now(), Event: "attached", Mode: mode, FailureHooks: hooks}
 	for _, a := range attached {
-		ev.Programs = append(ev.Programs, attachedProgramJS{Program: a.Program, Hook: a.Hook, Mode: a.Mode, Fallback: a.Fallback})
+		ev.Programs = append(ev.Programs, attachedProgramJS{Program: a.Program, Hook: a.Hook, Mode: a.Mode, Fallback: a.Fallback, OnDemand: a.OnDemand})
 	}
 	if err := j.enc.Encode(ev); err != nil {
 		return err

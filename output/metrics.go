@@ -44,6 +44,8 @@ type Metrics struct {
 	podSeen       map[string]time.Time // pod UID → last snapshot it was in
 	droppedSeries uint64
 	badRecords    uint64
+	hooks         tracer.HooksState
+	armings       uint64
 }
 
 type failureKey struct {
@@ -81,7 +83,9 @@ var (
 	descLeak        = prometheus.NewDesc("forkwatch_leak_suspect", "1 while a pod is flagged as spiking (leak, burst or headroom; see README).", []string{"namespace", "pod", "reason"}, nil)
 	descLost        = prometheus.NewDesc("forkwatch_events_lost_total", "Failures that may have gone unreported: records the kernel could not hand over (a full ring or perf buffer), fork-path returns a kretprobe missed, and skipped runs of the failure programs.", nil, nil)
 	descMissedRuns  = prometheus.NewDesc("forkwatch_program_runs_missed_total", "Runs of a BPF program the kernel skipped because it was already running on that CPU (kernels 5.12+ count them): failures, creations or exits not seen.", []string{"program"}, nil)
-	descAttached    = prometheus.NewDesc("forkwatch_probe_attached", "1 for each BPF program attached, with its hook and the mode it belongs to.", []string{"program", "hook", "mode"}, nil)
+	descAttached    = prometheus.NewDesc("forkwatch_probe_attached", "1 for each BPF program attached, with its hook and the mode it belongs to; 0 for a failure hook attached on demand while it is not (see forkwatch_failure_hooks_armed).", []string{"program", "hook", "mode"}, nil)
+	descHooksArmed  = prometheus.NewDesc("forkwatch_failure_hooks_armed", "1 while the programs that see failed forks are attached, 0 while they wait for a limit to come within reach (policy pressure: tracepoint mode on an always-on forkwatch).", []string{"policy"}, nil)
+	descArmings     = prometheus.NewDesc("forkwatch_failure_hooks_armings_total", "Times the failure hooks were attached because a limit came within reach (policy pressure).", nil, nil)
 	descBuild       = prometheus.NewDesc("forkwatch_build_info", "forkwatch's version and Go version.", []string{"version", "goversion"}, nil)
 	descSampleErr   = prometheus.NewDesc("forkwatch_scrape_errors_total", "Errors reading the kernel's counters or the proc and cgroup files forkwatch samples once a second (what could not be read is missing from that second's series).", nil, nil)
 	descBadRecords  = prometheus.NewDesc("forkwatch_records_undecodable_total", "Records from the kernel forkwatch could not decode and skipped (each also a warning on stderr).", nil, nil)
@@ -91,7 +95,7 @@ var (
 // Describe sends the descriptors of every metric.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFailures, descDenied, descCreated, descExited, descRate, descPidsCurrent, descPidsMax,
-		descPidMax, descThreadsMax, descTasks, descExhaustion, descLeak, descLost, descMissedRuns, descAttached, descBuild,
+		descPidMax, descThreadsMax, descTasks, descExhaustion, descLeak, descLost, descMissedRuns, descAttached, descHooksArmed, descArmings, descBuild,
 		descSampleErr, descBadRecords, descDropped} {
 		ch <- d
 	}
@@ -107,9 +111,22 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	if s != nil {
 		collectSnapshot(ch, s)
 	}
+	m.mu.Lock()
+	hooks, armings := m.hooks, m.armings
+	m.mu.Unlock()
 	for _, a := range m.attached {
-		ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, 1, a.Program, a.Hook, string(a.Mode))
+		v := 1.0
+		if a.OnDemand && !hooks.Armed {
+			v = 0
+		}
+		ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, v, a.Program, a.Hook, string(a.Mode))
 	}
+	armed := 0.0
+	if hooks.Armed {
+		armed = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descHooksArmed, prometheus.GaugeValue, armed, string(hooks.Policy))
+	ch <- prometheus.MustNewConstMetric(descArmings, prometheus.CounterValue, float64(armings))
 	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, m.version, runtime.Version())
 }
 
@@ -227,8 +244,25 @@ func maxTime(a, b time.Time) time.Time {
 	return b
 }
 
-// Attached is a no-op: the attachments were given to NewMetrics.
-func (m *Metrics) Attached(tracer.Mode, []tracer.Attachment) error { return nil }
+// Attached records the failure hooks' state (the attachments were given
+// to NewMetrics).
+func (m *Metrics) Attached(_ tracer.Mode, _ []tracer.Attachment, hooks tracer.HooksState) error {
+	m.mu.Lock()
+	m.hooks = hooks
+	m.mu.Unlock()
+	return nil
+}
+
+// FailureHooks records the failure hooks armed or disarmed.
+func (m *Metrics) FailureHooks(_ time.Time, hooks tracer.HooksState) error {
+	m.mu.Lock()
+	if hooks.Armed && !m.hooks.Armed {
+		m.armings++
+	}
+	m.hooks = hooks
+	m.mu.Unlock()
+	return nil
+}
 
 // Failure counts one failure (or denial).
 func (m *Metrics) Failure(f *node.Failure) error {
@@ -323,8 +357,11 @@ func (t Tee) each(f func(Writer) error) error {
 	return nil
 }
 
-func (t Tee) Attached(mode tracer.Mode, a []tracer.Attachment) error {
-	return t.each(func(w Writer) error { return w.Attached(mode, a) })
+func (t Tee) Attached(mode tracer.Mode, a []tracer.Attachment, hooks tracer.HooksState) error {
+	return t.each(func(w Writer) error { return w.Attached(mode, a, hooks) })
+}
+func (t Tee) FailureHooks(at time.Time, hooks tracer.HooksState) error {
+	return t.each(func(w Writer) error { return w.FailureHooks(at, hooks) })
 }
 func (t Tee) Failure(f *node.Failure) error {
 	return t.each(func(w Writer) error { return w.Failure(f) })

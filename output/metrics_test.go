@@ -47,7 +47,14 @@ forkwatch_fork_failures_total{cause="pids_cgroup",container="0a1b2c3d4e5f",limit
 // under its name shares its series), the pids cgroups, the node, forecasts,
 // losses and spikes — and nothing it would have to read at scrape time.
 func TestMetricsRenderSnapshot(t *testing.T) {
-	m := NewMetrics([]tracer.Attachment{{Program: "fw_tp_clone", Hook: "tracepoint/syscalls/sys_exit_clone", Mode: tracer.ModeTracepoint}}, "1.2.3")
+	m := NewMetrics([]tracer.Attachment{
+		{Program: "fw_tp_clone", Hook: "tracepoint/syscalls/sys_exit_clone", Mode: tracer.ModeTracepoint, OnDemand: true},
+		{Program: "fw_btf_fork", Hook: "tp_btf/sched_process_fork", Mode: tracer.ModeTracepoint},
+	}, "1.2.3")
+	// Armed once, then disarmed: the on-demand hook is not attached now.
+	m.Attached(tracer.ModeTracepoint, nil, tracer.HooksState{Policy: tracer.HooksPressure})
+	m.FailureHooks(time.Now(), tracer.HooksState{Armed: true, Policy: tracer.HooksPressure})
+	m.FailureHooks(time.Now(), tracer.HooksState{Policy: tracer.HooksPressure})
 	web := &kube.Pod{Namespace: "shop", Name: "web-0", UID: "22612ffb-4523-4958-b6dd-a80bd35fd325"}
 	webAgain := &kube.Pod{Namespace: "shop", Name: "web-0", UID: "d06203b5-9e78-4247-b80c-43ffaea99318"}
 	unnamed := &kube.Pod{UID: "0f2c6b1e-2d7a-4a8e-9d7e-3b1c5a6e7f80"}
@@ -95,9 +102,16 @@ forkwatch_pids_current{cgroup="/kubepods/besteffort"} 600
 # HELP forkwatch_pids_max pids.max of those cgroups; absent where unlimited.
 # TYPE forkwatch_pids_max gauge
 forkwatch_pids_max{cgroup="/kubepods"} 1000
-# HELP forkwatch_probe_attached 1 for each BPF program attached, with its hook and the mode it belongs to.
+# HELP forkwatch_failure_hooks_armed 1 while the programs that see failed forks are attached, 0 while they wait for a limit to come within reach (policy pressure: tracepoint mode on an always-on forkwatch).
+# TYPE forkwatch_failure_hooks_armed gauge
+forkwatch_failure_hooks_armed{policy="pressure"} 0
+# HELP forkwatch_failure_hooks_armings_total Times the failure hooks were attached because a limit came within reach (policy pressure).
+# TYPE forkwatch_failure_hooks_armings_total counter
+forkwatch_failure_hooks_armings_total 1
+# HELP forkwatch_probe_attached 1 for each BPF program attached, with its hook and the mode it belongs to; 0 for a failure hook attached on demand while it is not (see forkwatch_failure_hooks_armed).
 # TYPE forkwatch_probe_attached gauge
-forkwatch_probe_attached{hook="tracepoint/syscalls/sys_exit_clone",mode="tracepoint",program="fw_tp_clone"} 1
+forkwatch_probe_attached{hook="tp_btf/sched_process_fork",mode="tracepoint",program="fw_btf_fork"} 1
+forkwatch_probe_attached{hook="tracepoint/syscalls/sys_exit_clone",mode="tracepoint",program="fw_tp_clone"} 0
 # HELP forkwatch_program_runs_missed_total Runs of a BPF program the kernel skipped because it was already running on that CPU (kernels 5.12+ count them): failures, creations or exits not seen.
 # TYPE forkwatch_program_runs_missed_total counter
 forkwatch_program_runs_missed_total{program="fw_btf_exit"} 2
@@ -127,7 +141,7 @@ forkwatch_tasks_created_total{container="ffff",kind="thread",namespace="",pod="0
 	}
 	b.WriteString("forkwatch_thread_creation_rate_bucket{namespace=\"shop\",pod=\"web-0\",le=\"+Inf\"} 3\nforkwatch_thread_creation_rate_sum{namespace=\"shop\",pod=\"web-0\"} 12\nforkwatch_thread_creation_rate_count{namespace=\"shop\",pod=\"web-0\"} 3\n")
 	if err := testutil.CollectAndCompare(m, strings.NewReader(b.String()),
-		"forkwatch_build_info", "forkwatch_events_lost_total", "forkwatch_leak_suspect", "forkwatch_node_pid_max",
+		"forkwatch_build_info", "forkwatch_events_lost_total", "forkwatch_failure_hooks_armed", "forkwatch_failure_hooks_armings_total", "forkwatch_leak_suspect", "forkwatch_node_pid_max",
 		"forkwatch_pids_current", "forkwatch_pids_max", "forkwatch_probe_attached", "forkwatch_program_runs_missed_total",
 		"forkwatch_scrape_errors_total", "forkwatch_seconds_to_exhaustion", "forkwatch_tasks_created_total",
 		"forkwatch_thread_creation_rate"); err != nil {

@@ -13,8 +13,12 @@ import (
 
 // Writer receives events in the order they are read.
 type Writer interface {
-	// Attached reports the mode and the hooks the tracer attached to.
-	Attached(mode tracer.Mode, attached []tracer.Attachment) error
+	// Attached reports the mode, the hooks the tracer attached to and
+	// whether the failure hooks are armed.
+	Attached(mode tracer.Mode, attached []tracer.Attachment, hooks tracer.HooksState) error
+	// FailureHooks reports the failure hooks armed or disarmed (by
+	// pressure, tracer.HooksPressure).
+	FailureHooks(at time.Time, hooks tracer.HooksState) error
 	// Failure reports one failed fork.
 	Failure(f *node.Failure) error
 	// Task reports a task created or exited: in a tailed pod, or a process

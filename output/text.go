@@ -75,12 +75,16 @@ func NewText(w io.Writer) *Text {
 	return t
 }
 
-// Attached writes the chosen mode and hooks to Diag.
-func (t *Text) Attached(mode tracer.Mode, attached []tracer.Attachment) error {
+// Attached writes the chosen mode and hooks to Diag, and whether the
+// failure hooks are armed.
+func (t *Text) Attached(mode tracer.Mode, attached []tracer.Attachment, state tracer.HooksState) error {
 	hooks := make([]string, len(attached))
 	var fallbacks []string
 	for i, a := range attached {
 		hooks[i] = a.Hook
+		if a.OnDemand {
+			hooks[i] += " (on demand)"
+		}
 		if a.Fallback != "" && !slices.Contains(fallbacks, a.Fallback) {
 			fallbacks = append(fallbacks, a.Fallback)
 		}
@@ -89,8 +93,21 @@ func (t *Text) Attached(mode tracer.Mode, attached []tracer.Attachment) error {
 	if len(fallbacks) > 0 {
 		line += " (not used: " + strings.Join(fallbacks, "; ") + ")"
 	}
-	_, err := fmt.Fprintln(t.Diag, line)
+	_, err := fmt.Fprintf(t.Diag, "%s\nforkwatch: %s\n", line, hooksText(state))
 	return err
+}
+
+// FailureHooks writes the change to Diag.
+func (t *Text) FailureHooks(at time.Time, hooks tracer.HooksState) error {
+	_, err := fmt.Fprintf(t.Diag, "forkwatch: %s %s\n", at.Format("15:04:05"), hooksText(hooks))
+	return err
+}
+
+func hooksText(h tracer.HooksState) string {
+	if h.Armed {
+		return "failure hooks armed: " + h.Reason
+	}
+	return "failure hooks not armed: " + h.Reason
 }
 
 // Failure holds the failure back until its burst ends (see Flush).

@@ -122,8 +122,11 @@ type TaskEvent struct {
 // Record is one decoded ring-buffer record: a Failure or a TaskEvent.
 type Record struct {
 	IsFailure bool
-	Failure   Failure
-	Task      TaskEvent
+	// IsPressure: a limit came within reach (HooksPressure); Failure holds
+	// the task and the limit, with Event "pressure" and no syscall.
+	IsPressure bool
+	Failure    Failure
+	Task       TaskEvent
 
 	// The last cgroup path and command decoded: a storm repeats them
 	// record after record, and reusing the string spares an allocation.
@@ -179,10 +182,13 @@ func Decode(raw []byte, clock Clock, r *Record) error {
 	}
 	switch forkwatchEventType(e.Type) {
 	case forkwatchEventTypeEVENT_FORK_FAILED:
-		r.IsFailure = true
+		r.IsFailure, r.IsPressure = true, false
+		return decodeFailure(e, path, r.commOf(e), clock, &r.Failure)
+	case forkwatchEventTypeEVENT_PRESSURE:
+		r.IsFailure, r.IsPressure = false, true
 		return decodeFailure(e, path, r.commOf(e), clock, &r.Failure)
 	case forkwatchEventTypeEVENT_TASK_CREATED, forkwatchEventTypeEVENT_TASK_EXITED:
-		r.IsFailure = false
+		r.IsFailure, r.IsPressure = false, false
 		return decodeTask(e, path, r.commOf(e), clock, &r.Task)
 	}
 	return fmt.Errorf("unknown record type %d", e.Type)
@@ -240,13 +246,16 @@ func decodeFailure(e *forkwatchEvent, path, comm string, clock Clock, f *Failure
 	if !ok {
 		return fmt.Errorf("unknown cause %d", e.Cause)
 	}
-	name, ok := syscallNames[forkwatchForkSyscall(e.Syscall)]
-	if !ok {
-		return fmt.Errorf("unknown syscall %d", e.Syscall)
+	event, name := "pressure", ""
+	if forkwatchEventType(e.Type) == forkwatchEventTypeEVENT_FORK_FAILED {
+		event, ok = "fork_failed", false
+		if name, ok = syscallNames[forkwatchForkSyscall(e.Syscall)]; !ok {
+			return fmt.Errorf("unknown syscall %d", e.Syscall)
+		}
 	}
 	*f = Failure{
 		Time:          clock.Wall(e.KtimeNs),
-		Event:         "fork_failed",
+		Event:         event,
 		Syscall:       name,
 		Errno:         errnoName(e.Ret),
 		Ret:           e.Ret,

@@ -68,6 +68,7 @@ const (
 	forkwatchEventTypeEVENT_FORK_FAILED  forkwatchEventType = 1
 	forkwatchEventTypeEVENT_TASK_CREATED forkwatchEventType = 2
 	forkwatchEventTypeEVENT_TASK_EXITED  forkwatchEventType = 3
+	forkwatchEventTypeEVENT_PRESSURE     forkwatchEventType = 4
 )
 
 type forkwatchFailCause uint32
@@ -147,6 +148,7 @@ const (
 	forkwatchMapPidsRefusals        = "pids_refusals"
 	forkwatchMapPidsRefusalsClaimed = "pids_refusals_claimed"
 	forkwatchMapTailedCgroups       = "tailed_cgroups"
+	forkwatchProgFwBtfCgattach      = "fw_btf_cgattach"
 	forkwatchProgFwBtfExit          = "fw_btf_exit"
 	forkwatchProgFwBtfFork          = "fw_btf_fork"
 	forkwatchProgFwFexitCopy        = "fw_fexit_copy"
@@ -158,6 +160,7 @@ const (
 	forkwatchProgFwKpTaskRh7        = "fw_kp_task_rh7"
 	forkwatchProgFwKpTaskRing       = "fw_kp_task_ring"
 	forkwatchProgFwKretPids         = "fw_kret_pids"
+	forkwatchProgFwRawCgattach      = "fw_raw_cgattach"
 	forkwatchProgFwRawExit          = "fw_raw_exit"
 	forkwatchProgFwRawFork          = "fw_raw_fork"
 	forkwatchProgFwSysctl           = "fw_sysctl"
@@ -171,6 +174,11 @@ const (
 	forkwatchVarPerfOutput          = "perf_output"
 	forkwatchVarPidsEvents          = "pids_events"
 	forkwatchVarPidsHierarchy       = "pids_hierarchy"
+	forkwatchVarPressureLastNs      = "pressure_last_ns"
+	forkwatchVarPressureMin         = "pressure_min"
+	forkwatchVarPressurePct         = "pressure_pct"
+	forkwatchVarPressureSent        = "pressure_sent"
+	forkwatchVarPressureWatch       = "pressure_watch"
 	forkwatchVarTailEnabled         = "tail_enabled"
 	forkwatchVarUnusedEvent         = "unused_event"
 	forkwatchVarUnusedEventFlags    = "unused_event_flags"
@@ -222,27 +230,29 @@ type forkwatchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type forkwatchProgramSpecs struct {
-	FwBtfExit    *ebpf.ProgramSpec `ebpf:"fw_btf_exit"`
-	FwBtfFork    *ebpf.ProgramSpec `ebpf:"fw_btf_fork"`
-	FwFexitCopy  *ebpf.ProgramSpec `ebpf:"fw_fexit_copy"`
-	FwFexitPids  *ebpf.ProgramSpec `ebpf:"fw_fexit_pids"`
-	FwKforkPerf  *ebpf.ProgramSpec `ebpf:"fw_kfork_perf"`
-	FwKforkRh7   *ebpf.ProgramSpec `ebpf:"fw_kfork_rh7"`
-	FwKforkRing  *ebpf.ProgramSpec `ebpf:"fw_kfork_ring"`
-	FwKpTaskPerf *ebpf.ProgramSpec `ebpf:"fw_kp_task_perf"`
-	FwKpTaskRh7  *ebpf.ProgramSpec `ebpf:"fw_kp_task_rh7"`
-	FwKpTaskRing *ebpf.ProgramSpec `ebpf:"fw_kp_task_ring"`
-	FwKretPids   *ebpf.ProgramSpec `ebpf:"fw_kret_pids"`
-	FwRawExit    *ebpf.ProgramSpec `ebpf:"fw_raw_exit"`
-	FwRawFork    *ebpf.ProgramSpec `ebpf:"fw_raw_fork"`
-	FwSysctl     *ebpf.ProgramSpec `ebpf:"fw_sysctl"`
-	FwTpClone    *ebpf.ProgramSpec `ebpf:"fw_tp_clone"`
-	FwTpClone3   *ebpf.ProgramSpec `ebpf:"fw_tp_clone3"`
-	FwTpExitPerf *ebpf.ProgramSpec `ebpf:"fw_tp_exit_perf"`
-	FwTpExitRh7  *ebpf.ProgramSpec `ebpf:"fw_tp_exit_rh7"`
-	FwTpExitRing *ebpf.ProgramSpec `ebpf:"fw_tp_exit_ring"`
-	FwTpFork     *ebpf.ProgramSpec `ebpf:"fw_tp_fork"`
-	FwTpVfork    *ebpf.ProgramSpec `ebpf:"fw_tp_vfork"`
+	FwBtfCgattach *ebpf.ProgramSpec `ebpf:"fw_btf_cgattach"`
+	FwBtfExit     *ebpf.ProgramSpec `ebpf:"fw_btf_exit"`
+	FwBtfFork     *ebpf.ProgramSpec `ebpf:"fw_btf_fork"`
+	FwFexitCopy   *ebpf.ProgramSpec `ebpf:"fw_fexit_copy"`
+	FwFexitPids   *ebpf.ProgramSpec `ebpf:"fw_fexit_pids"`
+	FwKforkPerf   *ebpf.ProgramSpec `ebpf:"fw_kfork_perf"`
+	FwKforkRh7    *ebpf.ProgramSpec `ebpf:"fw_kfork_rh7"`
+	FwKforkRing   *ebpf.ProgramSpec `ebpf:"fw_kfork_ring"`
+	FwKpTaskPerf  *ebpf.ProgramSpec `ebpf:"fw_kp_task_perf"`
+	FwKpTaskRh7   *ebpf.ProgramSpec `ebpf:"fw_kp_task_rh7"`
+	FwKpTaskRing  *ebpf.ProgramSpec `ebpf:"fw_kp_task_ring"`
+	FwKretPids    *ebpf.ProgramSpec `ebpf:"fw_kret_pids"`
+	FwRawCgattach *ebpf.ProgramSpec `ebpf:"fw_raw_cgattach"`
+	FwRawExit     *ebpf.ProgramSpec `ebpf:"fw_raw_exit"`
+	FwRawFork     *ebpf.ProgramSpec `ebpf:"fw_raw_fork"`
+	FwSysctl      *ebpf.ProgramSpec `ebpf:"fw_sysctl"`
+	FwTpClone     *ebpf.ProgramSpec `ebpf:"fw_tp_clone"`
+	FwTpClone3    *ebpf.ProgramSpec `ebpf:"fw_tp_clone3"`
+	FwTpExitPerf  *ebpf.ProgramSpec `ebpf:"fw_tp_exit_perf"`
+	FwTpExitRh7   *ebpf.ProgramSpec `ebpf:"fw_tp_exit_rh7"`
+	FwTpExitRing  *ebpf.ProgramSpec `ebpf:"fw_tp_exit_ring"`
+	FwTpFork      *ebpf.ProgramSpec `ebpf:"fw_tp_fork"`
+	FwTpVfork     *ebpf.ProgramSpec `ebpf:"fw_tp_vfork"`
 }
 
 // forkwatchMapSpecs contains maps before they are loaded into the kernel.
@@ -269,6 +279,11 @@ type forkwatchVariableSpecs struct {
 	PerfOutput        *ebpf.VariableSpec `ebpf:"perf_output"`
 	PidsEvents        *ebpf.VariableSpec `ebpf:"pids_events"`
 	PidsHierarchy     *ebpf.VariableSpec `ebpf:"pids_hierarchy"`
+	PressureLastNs    *ebpf.VariableSpec `ebpf:"pressure_last_ns"`
+	PressureMin       *ebpf.VariableSpec `ebpf:"pressure_min"`
+	PressurePct       *ebpf.VariableSpec `ebpf:"pressure_pct"`
+	PressureSent      *ebpf.VariableSpec `ebpf:"pressure_sent"`
+	PressureWatch     *ebpf.VariableSpec `ebpf:"pressure_watch"`
 	TailEnabled       *ebpf.VariableSpec `ebpf:"tail_enabled"`
 	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventFlags  *ebpf.VariableSpec `ebpf:"unused_event_flags"`
@@ -334,6 +349,11 @@ type forkwatchVariables struct {
 	PerfOutput        *ebpf.Variable `ebpf:"perf_output"`
 	PidsEvents        *ebpf.Variable `ebpf:"pids_events"`
 	PidsHierarchy     *ebpf.Variable `ebpf:"pids_hierarchy"`
+	PressureLastNs    *ebpf.Variable `ebpf:"pressure_last_ns"`
+	PressureMin       *ebpf.Variable `ebpf:"pressure_min"`
+	PressurePct       *ebpf.Variable `ebpf:"pressure_pct"`
+	PressureSent      *ebpf.Variable `ebpf:"pressure_sent"`
+	PressureWatch     *ebpf.Variable `ebpf:"pressure_watch"`
 	TailEnabled       *ebpf.Variable `ebpf:"tail_enabled"`
 	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventFlags  *ebpf.Variable `ebpf:"unused_event_flags"`
@@ -347,31 +367,34 @@ type forkwatchVariables struct {
 //
 // It can be passed to loadForkwatchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type forkwatchPrograms struct {
-	FwBtfExit    *ebpf.Program `ebpf:"fw_btf_exit"`
-	FwBtfFork    *ebpf.Program `ebpf:"fw_btf_fork"`
-	FwFexitCopy  *ebpf.Program `ebpf:"fw_fexit_copy"`
-	FwFexitPids  *ebpf.Program `ebpf:"fw_fexit_pids"`
-	FwKforkPerf  *ebpf.Program `ebpf:"fw_kfork_perf"`
-	FwKforkRh7   *ebpf.Program `ebpf:"fw_kfork_rh7"`
-	FwKforkRing  *ebpf.Program `ebpf:"fw_kfork_ring"`
-	FwKpTaskPerf *ebpf.Program `ebpf:"fw_kp_task_perf"`
-	FwKpTaskRh7  *ebpf.Program `ebpf:"fw_kp_task_rh7"`
-	FwKpTaskRing *ebpf.Program `ebpf:"fw_kp_task_ring"`
-	FwKretPids   *ebpf.Program `ebpf:"fw_kret_pids"`
-	FwRawExit    *ebpf.Program `ebpf:"fw_raw_exit"`
-	FwRawFork    *ebpf.Program `ebpf:"fw_raw_fork"`
-	FwSysctl     *ebpf.Program `ebpf:"fw_sysctl"`
-	FwTpClone    *ebpf.Program `ebpf:"fw_tp_clone"`
-	FwTpClone3   *ebpf.Program `ebpf:"fw_tp_clone3"`
-	FwTpExitPerf *ebpf.Program `ebpf:"fw_tp_exit_perf"`
-	FwTpExitRh7  *ebpf.Program `ebpf:"fw_tp_exit_rh7"`
-	FwTpExitRing *ebpf.Program `ebpf:"fw_tp_exit_ring"`
-	FwTpFork     *ebpf.Program `ebpf:"fw_tp_fork"`
-	FwTpVfork    *ebpf.Program `ebpf:"fw_tp_vfork"`
+	FwBtfCgattach *ebpf.Program `ebpf:"fw_btf_cgattach"`
+	FwBtfExit     *ebpf.Program `ebpf:"fw_btf_exit"`
+	FwBtfFork     *ebpf.Program `ebpf:"fw_btf_fork"`
+	FwFexitCopy   *ebpf.Program `ebpf:"fw_fexit_copy"`
+	FwFexitPids   *ebpf.Program `ebpf:"fw_fexit_pids"`
+	FwKforkPerf   *ebpf.Program `ebpf:"fw_kfork_perf"`
+	FwKforkRh7    *ebpf.Program `ebpf:"fw_kfork_rh7"`
+	FwKforkRing   *ebpf.Program `ebpf:"fw_kfork_ring"`
+	FwKpTaskPerf  *ebpf.Program `ebpf:"fw_kp_task_perf"`
+	FwKpTaskRh7   *ebpf.Program `ebpf:"fw_kp_task_rh7"`
+	FwKpTaskRing  *ebpf.Program `ebpf:"fw_kp_task_ring"`
+	FwKretPids    *ebpf.Program `ebpf:"fw_kret_pids"`
+	FwRawCgattach *ebpf.Program `ebpf:"fw_raw_cgattach"`
+	FwRawExit     *ebpf.Program `ebpf:"fw_raw_exit"`
+	FwRawFork     *ebpf.Program `ebpf:"fw_raw_fork"`
+	FwSysctl      *ebpf.Program `ebpf:"fw_sysctl"`
+	FwTpClone     *ebpf.Program `ebpf:"fw_tp_clone"`
+	FwTpClone3    *ebpf.Program `ebpf:"fw_tp_clone3"`
+	FwTpExitPerf  *ebpf.Program `ebpf:"fw_tp_exit_perf"`
+	FwTpExitRh7   *ebpf.Program `ebpf:"fw_tp_exit_rh7"`
+	FwTpExitRing  *ebpf.Program `ebpf:"fw_tp_exit_ring"`
+	FwTpFork      *ebpf.Program `ebpf:"fw_tp_fork"`
+	FwTpVfork     *ebpf.Program `ebpf:"fw_tp_vfork"`
 }
 
 func (p *forkwatchPrograms) Close() error {
 	return _ForkwatchClose(
+		p.FwBtfCgattach,
 		p.FwBtfExit,
 		p.FwBtfFork,
 		p.FwFexitCopy,
@@ -383,6 +406,7 @@ func (p *forkwatchPrograms) Close() error {
 		p.FwKpTaskRh7,
 		p.FwKpTaskRing,
 		p.FwKretPids,
+		p.FwRawCgattach,
 		p.FwRawExit,
 		p.FwRawFork,
 		p.FwSysctl,

@@ -74,6 +74,8 @@ type Options struct {
 	// PidMax and ThreadsMax are kernel.pid_max and kernel.threads-max now
 	// (see SetNodeLimits).
 	PidMax, ThreadsMax int64
+	// FailureHooks: HooksAlways (the default) or HooksPressure.
+	FailureHooks FailureHooks
 }
 
 // Attachment is one program attached to one kernel hook.
@@ -87,6 +89,9 @@ type Attachment struct {
 	// e.g. "fentry: fexit/copy_process: load program: operation not
 	// permitted"; empty when the best one was.
 	Fallback string
+	// OnDemand is set for a failure hook attached only while armed
+	// (HooksPressure): see FailureHooks.
+	OnDemand bool
 }
 
 // Tracer owns the loaded BPF objects, their links and the record reader.
@@ -107,6 +112,11 @@ type Tracer struct {
 	fallbacks     []Fallback
 
 	noMissedInfo atomic.Bool
+
+	// lastPlan is what tryPlan attached last; pressure arms the failure
+	// hooks by pressure.
+	lastPlan []onDemand
+	pressure pressure
 
 	counts countReader
 
@@ -218,7 +228,12 @@ func New(opts Options) (t *Tracer, err error) {
 	if err := t.maps.ConfigNow.Put(uint32(0), &cfg); err != nil {
 		return nil, fmt.Errorf("configuring the kprobe programs: %w", err)
 	}
+	var (
+		failLinks []link.Link
+		failHooks []onDemand
+	)
 	for _, j := range todo {
+		first := len(t.links)
 		mode, err := t.attachJob(l, j)
 		if err != nil {
 			var unsupported *UnsupportedError
@@ -229,7 +244,15 @@ func New(opts Options) (t *Tracer, err error) {
 		}
 		if j.what == jobFailures {
 			t.mode = mode
+			t.pressure.state = HooksState{Armed: true, Policy: HooksAlways, Reason: "attached for the whole run"}
+			if mode != ModeTracepoint {
+				t.pressure.state.Reason += ": in " + string(mode) + " mode they hook only the fork path"
+			}
+			failLinks, failHooks = slices.Clone(t.links[first:]), slices.Clone(t.lastPlan)
 		}
+	}
+	if t.mode == ModeTracepoint && opts.FailureHooks == HooksPressure {
+		t.setupPressure(l, failLinks, failHooks)
 	}
 	t.attachSysctlWatch(l)
 
@@ -313,6 +336,14 @@ func (t *Tracer) tryPlan(l *loader, p plan, job string) (_ []Attachment, err err
 		attached = append(attached, Attachment{Program: h.prog, Hook: where, Mode: p.mode})
 		named = append(named, namedProg{h.prog, job, prog})
 	}
+	t.lastPlan = t.lastPlan[:0]
+	for i, a := range attached {
+		for _, h := range p.hooks {
+			if h.prog == a.Program {
+				t.lastPlan = append(t.lastPlan, onDemand{h: h, prog: named[i].prog})
+			}
+		}
+	}
 	t.progs = append(t.progs, progs...)
 	t.attachedProgs = append(t.attachedProgs, named...)
 	t.links = append(t.links, links...)
@@ -327,6 +358,7 @@ type loader struct {
 	opts   ebpf.CollectionOptions
 	tracer *Tracer
 	byName map[string]*ebpf.Map
+	vars   map[string]*ebpf.Variable // the writable globals (.bss, .data), memory-mapped (5.5+)
 }
 
 // loadMaps creates every map but the global variables' (created with the
@@ -373,6 +405,12 @@ func (l *loader) mapNamed(name string) (*ebpf.Map, error) {
 		return nil, fmt.Errorf("creating map %s (global variables): %w", name, err)
 	}
 	m := coll.DetachMap(name)
+	if l.vars == nil {
+		l.vars = map[string]*ebpf.Variable{}
+	}
+	for vn, v := range coll.Variables {
+		l.vars[vn] = v
+	}
 	coll.Close()
 	l.byName[name] = m
 	l.tracer.dataMaps = append(l.tracer.dataMaps, m)
@@ -450,7 +488,7 @@ func (t *Tracer) StopReading() {
 func (t *Tracer) Close() error {
 	t.closeOnce.Do(func() {
 		t.StopReading()
-		var errs []error
+		errs := []error{t.pressure.close()}
 		for _, l := range t.links {
 			errs = append(errs, l.Close())
 		}

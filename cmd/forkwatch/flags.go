@@ -26,6 +26,10 @@ type Flags struct {
 	MetricsAddr string
 	BTF         string
 	Version     bool
+	// FailureHooks: auto, always or pressure; Calm: how long no limit has
+	// been within reach before hooks armed by pressure are detached.
+	FailureHooks hooksValue
+	Calm         time.Duration
 
 	// Hidden: for readiness probes and tests.
 	ReadyFile      string
@@ -41,6 +45,7 @@ const defaultPodLogsDir = "/var/log/pods"
 func (f *Flags) SetFlags(fs *pflag.FlagSet) {
 	f.Output = "text"
 	f.Mode = modeValue(tracer.ModeAuto)
+	f.FailureHooks = "auto"
 	fs.VarP(&f.Output, "output", "o", "output format: text or json (JSON Lines, one object per event)")
 	fs.DurationVar(&f.Duration, "duration", 0, "stop after this long, e.g. 30s or 5m (default: until interrupted)")
 	fs.DurationVar(&f.Interval, "interval", 10*time.Second, "when stdout is not a terminal: how often to print the per-pod rates (text) or a rates object (json)")
@@ -49,6 +54,8 @@ func (f *Flags) SetFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.Wait, "wait", false, "with --pod: wait for a pod that does not exist yet instead of exiting")
 	fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics, /healthz and /readyz on this address, e.g. :9479")
 	fs.Var(&f.Mode, "mode", "how to attach to the kernel: "+strings.Join(modeNames(), ", ")+" (auto: the best this kernel supports)")
+	fs.Var(&f.FailureHooks, "failure-hooks", "when the hooks that see failed forks are attached, where they tax every syscall (tracepoint mode): always, pressure (while a limit is within reach), or auto: pressure with --metrics-addr (always-on), always otherwise (ad hoc)")
+	fs.DurationVar(&f.Calm, "failure-hooks-calm", time.Minute, "with pressure: detach the failure hooks after no limit has been within reach, and no fork has failed, for this long")
 	fs.StringVar(&f.BTF, "btf", "", "BTF file of the running kernel, for kernels without /sys/kernel/btf/vmlinux (e.g. CentOS 7: from BTFHub)")
 	fs.StringVar(&f.CgroupRoot, "cgroup-root", "", "mount of the cgroup hierarchy holding the pids controller (default: /sys/fs/cgroup/pids if mounted, else /sys/fs/cgroup)")
 	fs.StringVar(&f.PodLogsDir, "pod-logs-dir", defaultPodLogsDir, "kubelet's pod log directory, <namespace>_<name>_<uid>/ per pod, used to name pods")
@@ -80,8 +87,37 @@ func (f *Flags) Parse(fs *pflag.FlagSet, args []string) error {
 	if n := f.RingBufferSize; n < 4096 || n&(n-1) != 0 {
 		return fmt.Errorf("invalid --ring-buffer-size %d: must be a power of two of at least 4096", n)
 	}
+	if f.Calm < time.Second {
+		return fmt.Errorf("invalid --failure-hooks-calm %s: must be at least 1s, e.g. 1m", f.Calm)
+	}
 	f.podLogsDirSet = fs.Changed("pod-logs-dir")
 	return nil
+}
+
+// failureHooks resolves auto: an always-on forkwatch (serving metrics)
+// must not tax the node's syscalls while nothing is wrong; an ad hoc run
+// during an incident sees every failure from its first second.
+func (f *Flags) failureHooks() tracer.FailureHooks {
+	switch {
+	case f.FailureHooks != "auto":
+		return tracer.FailureHooks(f.FailureHooks)
+	case f.MetricsAddr != "":
+		return tracer.HooksPressure
+	}
+	return tracer.HooksAlways
+}
+
+type hooksValue string
+
+func (h *hooksValue) String() string { return string(*h) }
+func (h *hooksValue) Type() string   { return "when" }
+func (h *hooksValue) Set(s string) error {
+	switch s {
+	case "auto", string(tracer.HooksAlways), string(tracer.HooksPressure):
+		*h = hooksValue(s)
+		return nil
+	}
+	return errors.New("must be auto, always or pressure")
 }
 
 type outputFormat string

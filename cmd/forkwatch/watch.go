@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
@@ -90,6 +91,7 @@ func watch(ctx context.Context, flags *Flags) error {
 		Mode: tracer.Mode(flags.Mode), RingBufferSize: flags.RingBufferSize, Tail: tail != nil,
 		BTF: flags.BTF, PerfBuffer: flags.PerfBuffer, PidsRoot: root.Path, PidsV2: root.V2,
 		PidMax: limitsNow.PidMax, ThreadsMax: limitsNow.ThreadsMax,
+		FailureHooks: flags.failureHooks(),
 	})
 	if err != nil {
 		return usageError{err}
@@ -125,7 +127,7 @@ func watch(ctx context.Context, flags *Flags) error {
 		w = output.Tee{w, m}
 		metrics.ready.Store(true)
 	}
-	if err := w.Attached(t.Mode(), t.Attached()); err != nil {
+	if err := w.Attached(t.Mode(), t.Attached(), t.FailureHooks()); err != nil {
 		return err
 	}
 	sampler := node.NewSampler(t, root, paths, attr, rates.DefaultConfig)
@@ -150,7 +152,8 @@ func watch(ctx context.Context, flags *Flags) error {
 
 	var mu sync.Mutex // serialises the writer between the reader and the ticker
 	readErr := make(chan error, 1)
-	go func() { readErr <- readEvents(t, attr, tail, w, m, &mu) }()
+	var armed armedTimes
+	go func() { readErr <- readEvents(t, attr, tail, w, m, &mu, &armed) }()
 
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
@@ -180,7 +183,13 @@ func watch(ctx context.Context, flags *Flags) error {
 		case now := <-ticker.C:
 			var snap *node.Snapshot
 			if n%secondTicks == 0 {
+				if err := disarmWhenCalm(t, w, &mu, &armed, now, flags.Calm); err != nil {
+					return err
+				}
 				snap = sampler.Sample(now)
+				if err := armFromSnapshot(t, w, &mu, &armed, snap, now); err != nil {
+					return err
+				}
 				if snap.Err != nil && now.Sub(sampleWarned) >= warnEvery {
 					sampleWarned = now
 					fmt.Fprintf(os.Stderr, "forkwatch: warning: sampling (%d errors so far, counted in forkwatch_scrape_errors_total): %v\n", snap.Errors, snap.Err)
@@ -227,7 +236,7 @@ const warnEvery = time.Minute
 // readEvents decodes ring-buffer records until the tracer stops reading. A
 // record that does not decode is counted, warned about and skipped: one bad
 // record must not end a DaemonSet's watch.
-func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output.Writer, m *output.Metrics, mu *sync.Mutex) error {
+func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output.Writer, m *output.Metrics, mu *sync.Mutex, armed *armedTimes) error {
 	clock := tracer.NewClock()
 	var (
 		raw    ringbuf.Record
@@ -255,6 +264,15 @@ func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output
 			}
 			continue
 		}
+		if rec.IsPressure {
+			if err := arm(t, w, mu, armed, &rec.Failure); err != nil {
+				return err
+			}
+			continue
+		}
+		if rec.IsFailure {
+			armed.lastFailure.Store(rec.Failure.Time.UnixNano())
+		}
 		victim := !rec.IsFailure && rec.Task.Failures > 0 && rec.Task.Time.Sub(rec.Task.LastFailure) <= victimWindow
 		if !rec.IsFailure && !victim && tail == nil {
 			continue // exited long after its failures: not their victim
@@ -281,6 +299,77 @@ func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output
 			return err
 		}
 	}
+}
+
+// armedTimes is when the failure hooks were last armed by pressure and
+// when the last failure was read (Unix ns), for disarming after a calm.
+type armedTimes struct {
+	at, lastFailure atomic.Int64
+}
+
+// arm attaches the failure hooks: the pressure record p says which limit
+// came within reach.
+func arm(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *armedTimes, p *tracer.Failure) error {
+	changed, err := t.Arm(tracer.PressureReason(p))
+	if err != nil {
+		return fmt.Errorf("attaching the failure hooks: %w", err)
+	}
+	if !changed {
+		return nil
+	}
+	now := time.Now()
+	armed.at.Store(now.UnixNano())
+	mu.Lock()
+	defer mu.Unlock()
+	return w.FailureHooks(now, t.FailureHooks())
+}
+
+// armFromSnapshot arms the failure hooks when the second's reading finds
+// a limit within reach, and keeps them armed while it is: for limits that
+// come within reach without a task created near them (a pids.max lowered
+// under a cgroup's tasks, a sysctl).
+func armFromSnapshot(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *armedTimes, snap *node.Snapshot, now time.Time) error {
+	if t.FailureHooks().Policy != tracer.HooksPressure {
+		return nil
+	}
+	f, ok := snap.WithinReach()
+	if !ok {
+		return nil
+	}
+	changed, err := t.Arm(fmt.Sprintf("%s at %d of %d, as read at %s", f.Limit, f.Current, f.Max, now.Format("15:04:05")))
+	if err != nil {
+		return fmt.Errorf("attaching the failure hooks: %w", err)
+	}
+	armed.at.Store(now.UnixNano())
+	if !changed {
+		return nil
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return w.FailureHooks(now, t.FailureHooks())
+}
+
+// disarmWhenCalm detaches failure hooks armed by pressure once no limit has
+// been within reach, and no fork has failed, for calm.
+func disarmWhenCalm(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *armedTimes, now time.Time, calm time.Duration) error {
+	h := t.FailureHooks()
+	if h.Policy != tracer.HooksPressure || !h.Armed {
+		return nil
+	}
+	last := max(armed.at.Load(), armed.lastFailure.Load(), t.LastPressure().UnixNano())
+	if now.Sub(time.Unix(0, last)) < calm {
+		return nil
+	}
+	changed, err := t.Disarm(fmt.Sprintf("no limit within reach and no failed fork for %s: attached again when a limit is", calm))
+	if err != nil {
+		return fmt.Errorf("detaching the failure hooks: %w", err)
+	}
+	if !changed {
+		return nil
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return w.FailureHooks(now, t.FailureHooks())
 }
 
 // reportLost tells the writer when the kernel's count of lost events rose.

@@ -452,3 +452,23 @@ func BoundsPods(path string) bool {
 	}
 	return false
 }
+
+// WithinReach returns the limit nearest to running out among those whose
+// headroom is below tracer.PressurePercent of the limit or
+// tracer.PressureMin tasks, whichever is larger: what arms the failure
+// hooks by pressure from the per-second reading (a limit lowered under a
+// cgroup's tasks, a pid_max lowered by sysctl).
+func (s *Snapshot) WithinReach() (Forecast, bool) {
+	var near Forecast
+	found := false
+	for _, f := range s.Forecasts {
+		if f.Max <= 0 {
+			continue
+		}
+		slack := max(f.Max/100*tracer.PressurePercent, tracer.PressureMin)
+		if f.Max-f.Current < slack && (!found || f.Max-f.Current < near.Max-near.Current) {
+			near, found = f, true
+		}
+	}
+	return near, found
+}

@@ -133,7 +133,28 @@ func TestAlwaysOnUnderFailureStorm(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, _ := strconv.Atoi(strings.TrimSpace(string(current)))
+	// Always on (--metrics-addr): the failure hooks wait for a limit within
+	// reach where they would tax every syscall (tracepoint mode). The pod's
+	// limit, lowered to its tasks, is read within a second.
+	armed, policy := fw.hooksArmed()
+	if policy == "pressure" && armed {
+		t.Fatalf("always on, no limit within reach: the failure hooks are armed from the start")
+	}
 	tr.setMax(podCg, n)
+	// A process joins the full pod (what an exec probe or a starting
+	// container does): the counters see a task moved within reach of a
+	// limit and have the hooks attached.
+	joiner := exec.Command("sleep", "60")
+	if err := joiner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { joiner.Process.Kill(); joiner.Wait() })
+	if err := os.WriteFile(filepath.Join(ctrDir, "cgroup.procs"), []byte(strconv.Itoa(joiner.Process.Pid)), 0); err != nil {
+		t.Fatal(err)
+	}
+	fw.waitFor("the failure hooks armed", func() bool { armed, _ := fw.hooksArmed(); return armed })
+	joiner.Process.Kill()
+	joiner.Wait()
 	for _, in := range ins {
 		io.WriteString(in, "go\n")
 	}

@@ -237,7 +237,32 @@ type event struct {
 	IntoCgroup  bool      `json:"into_cgroup"`
 	Programs    []struct {
 		Program, Hook, Mode, Fallback string
+		OnDemand                      bool `json:"on_demand"`
 	} `json:"programs"`
+	// failure_hooks objects, and the attached object's failure_hooks.
+	Armed        bool       `json:"armed"`
+	Policy       string     `json:"policy"`
+	Reason       string     `json:"reason"`
+	FailureHooks *hooksJSON `json:"failure_hooks"`
+}
+
+type hooksJSON struct {
+	Armed  bool   `json:"armed"`
+	Policy string `json:"policy"`
+	Reason string `json:"reason"`
+}
+
+// hooksArmed is the latest word on the failure hooks: the attached object's,
+// then each failure_hooks object's.
+func (fw *forkwatch) hooksArmed() (armed bool, policy string) {
+	for _, e := range fw.events(func(e event) bool { return e.Event == "attached" || e.Event == "failure_hooks" }) {
+		if e.FailureHooks != nil {
+			armed, policy = e.FailureHooks.Armed, e.FailureHooks.Policy
+		} else {
+			armed, policy = e.Armed, e.Policy
+		}
+	}
+	return armed, policy
 }
 
 // forkwatch is a running forkwatch process.
