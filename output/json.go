@@ -74,6 +74,16 @@ func (j *JSON) Failure(f *node.Failure) error {
 	return err
 }
 
+type unseenEvent struct {
+	Event string `json:"event"`
+	*node.Unseen
+}
+
+// Unseen writes a refusals_unseen object.
+func (j *JSON) Unseen(u *node.Unseen) error {
+	return j.enc.Encode(unseenEvent{Event: "refusals_unseen", Unseen: u})
+}
+
 // Task writes one task_created or task_exited object.
 func (j *JSON) Task(ev *node.TaskEvent) error { return j.enc.Encode(ev) }
 

@@ -266,13 +266,26 @@ func (m *Metrics) FailureHooks(_ time.Time, hooks tracer.HooksState) error {
 
 // Failure counts one failure (or denial).
 func (m *Metrics) Failure(f *node.Failure) error {
-	k := failureKey{container: shortID(f.ContainerID), cause: string(f.Cause)}
-	uid := ""
-	if f.Pod != nil {
-		k.namespace, k.pod, uid = f.Pod.Namespace, podName(f.Pod), f.Pod.UID
-	}
+	limit := ""
 	if f.Limit != nil {
-		k.limitCgroup = f.Limit.Cgroup
+		limit = f.Limit.Cgroup
+	}
+	m.addFailures(f.Who, f.Cause, limit, 1)
+	return nil
+}
+
+// Unseen counts refusals no failure record reported as failures of the
+// pids cgroup cause: the alerts and the totals include them.
+func (m *Metrics) Unseen(u *node.Unseen) error {
+	m.addFailures(u.Who, tracer.CausePidsCgroup, u.LimitCgroup, u.Count)
+	return nil
+}
+
+func (m *Metrics) addFailures(who node.Who, cause tracer.Cause, limitCgroup string, n uint64) {
+	k := failureKey{container: shortID(who.ContainerID), cause: string(cause), limitCgroup: limitCgroup}
+	uid := ""
+	if who.Pod != nil {
+		k.namespace, k.pod, uid = who.Pod.Namespace, podName(who.Pod), who.Pod.UID
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -280,14 +293,13 @@ func (m *Metrics) Failure(f *node.Failure) error {
 	if !ok {
 		if uid == "" && m.ownerSeries() >= maxOwnerSeries {
 			m.droppedSeries++
-			return nil
+			return
 		}
 		s = &failureSeries{podUID: uid}
 		m.failures[k] = s
 	}
-	s.count++
+	s.count += n
 	s.last = m.now()
-	return nil
 }
 
 func (m *Metrics) ownerSeries() int {
@@ -365,6 +377,9 @@ func (t Tee) FailureHooks(at time.Time, hooks tracer.HooksState) error {
 }
 func (t Tee) Failure(f *node.Failure) error {
 	return t.each(func(w Writer) error { return w.Failure(f) })
+}
+func (t Tee) Unseen(u *node.Unseen) error {
+	return t.each(func(w Writer) error { return w.Unseen(u) })
 }
 func (t Tee) Task(ev *node.TaskEvent) error {
 	return t.each(func(w Writer) error { return w.Task(ev) })

@@ -21,6 +21,10 @@ type Writer interface {
 	FailureHooks(at time.Time, hooks tracer.HooksState) error
 	// Failure reports one failed fork.
 	Failure(f *node.Failure) error
+	// Unseen reports forks the pids controller refused, counted from the
+	// kernel's refusal counts, that no failure record reported (refused
+	// while the failure hooks were not armed).
+	Unseen(u *node.Unseen) error
 	// Task reports a task created or exited: in a tailed pod, or a process
 	// exiting after its forks failed (a victim).
 	Task(ev *node.TaskEvent) error

@@ -177,6 +177,19 @@ func (t *Text) EventsLost(at time.Time, delta, total uint64) error {
 	return t.w.Flush()
 }
 
+// Unseen prints refusals counted from the kernel's counts:
+//
+//	14:02:11  20 forks refused in shop/cart-7d9 by pids cgroup /kubepods/…/pod…, counted from pids.events: the failure hooks were not attached
+func (t *Text) Unseen(u *node.Unseen) error {
+	limit := "a pids cgroup"
+	if u.LimitCgroup != "" {
+		limit = "pids cgroup " + u.LimitCgroup
+	}
+	t.emit(eventLine{head: fmt.Sprintf("%s  %d forks refused in %s by %s, counted from the kernel's refusal count: the failure hooks were not attached",
+		u.Time.Format("15:04:05"), u.Count, Who(u.Cgroup, u.Who), limit)})
+	return t.w.Flush()
+}
+
 // Flush prints the bursts that ended (quiet for foldQuiet) or that have been
 // held for foldMaxAge, oldest first.
 func (t *Text) Flush(now time.Time) error {

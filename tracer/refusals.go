@@ -184,3 +184,15 @@ func (t *Tracer) attachSysctlWatch(l *loader) {
 	t.links = append(t.links, lk)
 	t.attached = append(t.attached, Attachment{Program: forkwatchProgFwSysctl, Hook: "cgroup/sysctl:" + dir, Mode: t.mode})
 }
+
+// RefusalCounts says where the kernel counts the pids controller's
+// refusals: the file of each cgroup (pids.events or pids.events.local, ""
+// where it keeps no count), and whether it counts them in the refusing
+// cgroup (else in the forking task's).
+func (t *Tracer) RefusalCounts() (file string, inRefusingCgroup bool) {
+	return t.refusalFile, t.refusalInLimit
+}
+
+// ReadRefusalCount is a cgroup's refusal count in file (see
+// RefusalCounts): the "max" line of pids.events or pids.events.local.
+func ReadRefusalCount(path string) uint64 { return readRefusalCount(path) }

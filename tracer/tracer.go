@@ -117,6 +117,11 @@ type Tracer struct {
 	// hooks by pressure.
 	lastPlan []onDemand
 	pressure pressure
+	// refusalFile is the pids file holding the kernel's refusal count
+	// ("" where it keeps none); refusalInLimit whether it counts in the
+	// refusing cgroup rather than the forking one.
+	refusalFile    string
+	refusalInLimit bool
 
 	counts countReader
 
@@ -212,6 +217,9 @@ func New(opts Options) (t *Tracer, err error) {
 	l := &loader{spec: spec, opts: ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: types}, Cache: cache}, tracer: t}
 	if err := l.loadMaps(); err != nil {
 		return nil, err
+	}
+	if eventsKind != pidsEventsNone {
+		t.refusalFile, t.refusalInLimit = eventsFile, eventsKind == pidsEventsLimit
 	}
 	if err := t.SetNodeLimits(opts.PidMax, opts.ThreadsMax); err != nil {
 		return nil, err

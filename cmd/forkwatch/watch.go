@@ -153,7 +153,18 @@ func watch(ctx context.Context, flags *Flags) error {
 	var mu sync.Mutex // serialises the writer between the reader and the ticker
 	readErr := make(chan error, 1)
 	var armed armedTimes
-	go func() { readErr <- readEvents(t, attr, tail, w, m, &mu, &armed) }()
+	armed.disarmed.Store(time.Now().UnixNano())
+	// Refusals made while the failure hooks are detached are counted from
+	// the kernel's own counts (see node.RefusalLedger).
+	var ledger *node.RefusalLedger
+	if t.FailureHooks().Policy == tracer.HooksPressure {
+		file, inLimit := t.RefusalCounts()
+		ledger = node.NewRefusalLedger(root.Path, file, inLimit, attr)
+		if _, err := ledger.Walk(time.Now()); err != nil {
+			return fmt.Errorf("reading the pids controller's refusal counts: %w", err)
+		}
+	}
+	go func() { readErr <- readEvents(t, attr, tail, w, m, &mu, &armed, ledger) }()
 
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
@@ -185,6 +196,11 @@ func watch(ctx context.Context, flags *Flags) error {
 			if n%secondTicks == 0 {
 				if err := disarmWhenCalm(t, w, &mu, &armed, now, flags.Calm); err != nil {
 					return err
+				}
+				if n%(ledgerSeconds*secondTicks) == 0 {
+					if err := reportUnseen(t, w, &mu, &armed, ledger, now); err != nil {
+						return err
+					}
 				}
 				snap = sampler.Sample(now)
 				if err := armFromSnapshot(t, w, &mu, &armed, snap, now); err != nil {
@@ -236,7 +252,7 @@ const warnEvery = time.Minute
 // readEvents decodes ring-buffer records until the tracer stops reading. A
 // record that does not decode is counted, warned about and skipped: one bad
 // record must not end a DaemonSet's watch.
-func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output.Writer, m *output.Metrics, mu *sync.Mutex, armed *armedTimes) error {
+func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output.Writer, m *output.Metrics, mu *sync.Mutex, armed *armedTimes, ledger *node.RefusalLedger) error {
 	clock := tracer.NewClock()
 	var (
 		raw    ringbuf.Record
@@ -272,6 +288,7 @@ func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output
 		}
 		if rec.IsFailure {
 			armed.lastFailure.Store(rec.Failure.Time.UnixNano())
+			ledger.Seen(&rec.Failure)
 		}
 		victim := !rec.IsFailure && rec.Task.Failures > 0 && rec.Task.Time.Sub(rec.Task.LastFailure) <= victimWindow
 		if !rec.IsFailure && !victim && tail == nil {
@@ -304,7 +321,32 @@ func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output
 // armedTimes is when the failure hooks were last armed by pressure and
 // when the last failure was read (Unix ns), for disarming after a calm.
 type armedTimes struct {
-	at, lastFailure atomic.Int64
+	at, lastFailure, disarmed atomic.Int64
+}
+
+// ledgerSeconds is how often, in seconds, the refusal counts are walked
+// while the failure hooks are detached.
+const ledgerSeconds = 10
+
+// reportUnseen reports the refusals no failure record reported, while the
+// failure hooks have been detached long enough for the ring buffer to be
+// drained.
+func reportUnseen(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *armedTimes, ledger *node.RefusalLedger, now time.Time) error {
+	if ledger == nil || t.FailureHooks().Armed || now.Sub(time.Unix(0, armed.disarmed.Load())) < 2*time.Second {
+		return nil
+	}
+	unseen, err := ledger.Walk(now)
+	if err != nil {
+		return fmt.Errorf("reading the pids controller's refusal counts: %w", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range unseen {
+		if err := w.Unseen(&unseen[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // arm attaches the failure hooks: the pressure record p says which limit
@@ -367,6 +409,7 @@ func disarmWhenCalm(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *ar
 	if !changed {
 		return nil
 	}
+	armed.disarmed.Store(now.UnixNano())
 	mu.Lock()
 	defer mu.Unlock()
 	return w.FailureHooks(now, t.FailureHooks())
