@@ -65,7 +65,7 @@ test: deps check-generate vet ## the whole suite, as root: packages it needs, ge
 # or Prometheus; the 30-second rate test is too slow under emulation), in
 # every mode on every kernel and cgroup layout, then in kprobe mode with a
 # perf event array (CentOS 7's output) on cgroup v2.
-VM_TESTS := Modes|TaskCounts|BTF|CloneInto|Ancestor|PodPids|PIDNamespace|Rlimit|Deleted|Victim|PodTail|Loss|Survives|BadInput|Duration|ThreadsMax|Glibc
+VM_TESTS := Modes|Pressure|TaskCounts|BTF|CloneInto|Ancestor|PodPids|PIDNamespace|Rlimit|Deleted|Victim|PodTail|Loss|Survives|BadInput|Duration|ThreadsMax|Glibc
 VM_RUN = FORKWATCH_EXPECT_MODES="fentry tracepoint kprobe" FORKWATCH_BIN=/bin/forkwatch FORKWATCH_STORM=/bin/storm FORKWATCH_GLIBC_DIR=/glibc FORKWATCH_VM=1 test/vm/matrix.sh --timeout 900 \
 	--file bin/forkwatch:/bin/forkwatch --file bin/storm:/bin/storm --file bin/e2e.test:/bin/e2e.test --file bin/glibc:/glibc \
 	-- /bin/e2e.test -test.v -test.count=1 -test.timeout=10m -test.run '$(VM_TESTS)'

@@ -137,6 +137,23 @@ func watch(ctx context.Context, flags *Flags) error {
 			return err
 		}
 	}
+	var mu sync.Mutex // serialises the writer between the reader and the ticker
+	var armed armedTimes
+	armed.disarmed.Store(time.Now().UnixNano())
+	// Refusals made while the failure hooks are detached are counted from
+	// the kernel's own counts (see node.RefusalLedger).
+	var ledger *node.RefusalLedger
+	if t.FailureHooks().Policy == tracer.HooksPressure {
+		file, inLimit := t.RefusalCounts()
+		ledger = node.NewRefusalLedger(root.Path, file, inLimit, attr)
+		_, near, err := ledger.Walk(time.Now())
+		if err != nil {
+			return fmt.Errorf("reading the pids controller's refusal counts: %w", err)
+		}
+		if err := armNear(t, w, &mu, &armed, near, time.Now()); err != nil {
+			return err
+		}
+	}
 	if flags.ReadyFile != "" {
 		if err := os.WriteFile(flags.ReadyFile, nil, 0o644); err != nil {
 			return fmt.Errorf("--ready-file: %w", err)
@@ -150,20 +167,7 @@ func watch(ctx context.Context, flags *Flags) error {
 		defer cancel()
 	}
 
-	var mu sync.Mutex // serialises the writer between the reader and the ticker
 	readErr := make(chan error, 1)
-	var armed armedTimes
-	armed.disarmed.Store(time.Now().UnixNano())
-	// Refusals made while the failure hooks are detached are counted from
-	// the kernel's own counts (see node.RefusalLedger).
-	var ledger *node.RefusalLedger
-	if t.FailureHooks().Policy == tracer.HooksPressure {
-		file, inLimit := t.RefusalCounts()
-		ledger = node.NewRefusalLedger(root.Path, file, inLimit, attr)
-		if _, err := ledger.Walk(time.Now()); err != nil {
-			return fmt.Errorf("reading the pids controller's refusal counts: %w", err)
-		}
-	}
 	go func() { readErr <- readEvents(t, attr, tail, w, m, &mu, &armed, ledger) }()
 
 	ticker := time.NewTicker(tick)
@@ -335,18 +339,38 @@ func reportUnseen(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *arme
 	if ledger == nil || t.FailureHooks().Armed || now.Sub(time.Unix(0, armed.disarmed.Load())) < 2*time.Second {
 		return nil
 	}
-	unseen, err := ledger.Walk(now)
+	unseen, near, err := ledger.Walk(now)
 	if err != nil {
 		return fmt.Errorf("reading the pids controller's refusal counts: %w", err)
 	}
 	mu.Lock()
-	defer mu.Unlock()
 	for i := range unseen {
 		if err := w.Unseen(&unseen[i]); err != nil {
+			mu.Unlock()
 			return err
 		}
 	}
-	return nil
+	mu.Unlock()
+	return armNear(t, w, mu, armed, near, now)
+}
+
+// armNear arms the failure hooks for a pids cgroup the walk of the
+// hierarchy found within reach.
+func armNear(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *armedTimes, near *limits.Pids, now time.Time) error {
+	if near == nil {
+		return nil
+	}
+	changed, err := t.Arm(fmt.Sprintf("pids cgroup %s at %d of %d, as read at %s", near.Path, near.Current, near.Max, now.Format("15:04:05")))
+	if err != nil {
+		return fmt.Errorf("attaching the failure hooks: %w", err)
+	}
+	armed.at.Store(now.UnixNano())
+	if !changed {
+		return nil
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return w.FailureHooks(now, t.FailureHooks())
 }
 
 // arm attaches the failure hooks: the pressure record p says which limit

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/forkwatch/forkwatch/output/node/limits"
 	"github.com/forkwatch/forkwatch/tracer"
 )
 
@@ -68,11 +69,15 @@ func (l *RefusalLedger) Seen(f *tracer.Failure) {
 }
 
 // Walk returns the refusals counted since the last walk that no failure
-// record reported, by cgroup. The first walk only takes the counts.
-func (l *RefusalLedger) Walk(now time.Time) ([]Unseen, error) {
+// record reported, by cgroup (the first walk only takes the counts), and
+// the cgroup whose pids.max is nearest to running out among those within
+// reach (see tracer.PressurePercent), if any: a limit set or lowered close
+// to a cgroup's tasks, which no task creation revealed.
+func (l *RefusalLedger) Walk(now time.Time) ([]Unseen, *limits.Pids, error) {
 	if l == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
+	var near *limits.Pids
 	counts := map[string]uint64{}
 	err := filepath.WalkDir(l.root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -84,13 +89,21 @@ func (l *RefusalLedger) Walk(now time.Time) ([]Unseen, error) {
 		if !d.IsDir() {
 			return nil
 		}
+		rel := l.rel(path)
 		if n := tracer.ReadRefusalCount(filepath.Join(path, l.file)); n > 0 {
-			counts[l.rel(path)] = n
+			counts[rel] = n
+		}
+		// An empty cgroup refuses nothing until a task arrives, which the
+		// counters see.
+		if p, err := limits.ReadPids(l.root, rel); err == nil && p.Max >= 0 && p.Current > 0 &&
+			p.Max-p.Current < max(p.Max/100*tracer.PressurePercent, tracer.PressureMin) &&
+			(near == nil || p.Max-p.Current < near.Max-near.Current) {
+			near = &p
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	l.mu.Lock()
 	seen := l.seen
@@ -100,7 +113,7 @@ func (l *RefusalLedger) Walk(now time.Time) ([]Unseen, error) {
 	base := l.base
 	l.base = counts
 	if first {
-		return nil, nil
+		return nil, near, nil
 	}
 	var out []Unseen
 	for cg, n := range counts {
@@ -111,7 +124,7 @@ func (l *RefusalLedger) Walk(now time.Time) ([]Unseen, error) {
 		u := Unseen{Time: now, Cgroup: cg, Count: grew - seen[cg], LimitCgroup: l.limitOf(cg), Who: l.attr.Resolve(cg)}
 		out = append(out, u)
 	}
-	return out, nil
+	return out, near, nil
 }
 
 // rel turns a directory of the hierarchy into a cgroup path ("/a/b").

@@ -462,8 +462,8 @@ func (s *Snapshot) WithinReach() (Forecast, bool) {
 	var near Forecast
 	found := false
 	for _, f := range s.Forecasts {
-		if f.Max <= 0 {
-			continue
+		if f.Max <= 0 || f.Current <= 0 {
+			continue // an empty cgroup refuses nothing until a task arrives
 		}
 		slack := max(f.Max/100*tracer.PressurePercent, tracer.PressureMin)
 		if f.Max-f.Current < slack && (!found || f.Max-f.Current < near.Max-near.Current) {

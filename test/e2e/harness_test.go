@@ -279,8 +279,9 @@ type forkwatch struct {
 // modeArgs are the flags that run forkwatch the way the environment asks,
 // so that the same scenarios run in every mode (test/vm/e2e.sh):
 // FORKWATCH_MODE=auto|fentry|tracepoint|kprobe (--mode), FORKWATCH_RINGBUF=off
-// (--perf-buffer: a perf event array instead of the ring buffer) and
-// FORKWATCH_BTF=FILE (--btf: CO-RE against a BTF file, not the kernel's).
+// (--perf-buffer: a perf event array instead of the ring buffer),
+// FORKWATCH_BTF=FILE (--btf: CO-RE against a BTF file, not the kernel's) and
+// FORKWATCH_FAILURE_HOOKS=always|pressure (--failure-hooks).
 func modeArgs() []string {
 	var args []string
 	if m := os.Getenv("FORKWATCH_MODE"); m != "" {
@@ -291,6 +292,9 @@ func modeArgs() []string {
 	}
 	if f := os.Getenv("FORKWATCH_BTF"); f != "" {
 		args = append(args, "--btf", f)
+	}
+	if h := os.Getenv("FORKWATCH_FAILURE_HOOKS"); h != "" {
+		args = append(args, "--failure-hooks", h)
 	}
 	return args
 }
