@@ -19,6 +19,10 @@ import (
 // programs of each mode in turn: a kernel is probed by attaching, never by
 // its version number.
 //
+// For failures auto tries fentry, kprobe, then tracepoint: the syscall
+// tracepoints cost every syscall on the node while attached, the others
+// only the fork path.
+//
 //	job        fentry                tracepoint                          kprobe
 //	failures   fexit/copy_process    syscall exits of clone, clone3,     kretprobe on kernel_clone,
 //	                                 fork and vfork                      _do_fork or do_fork
@@ -142,7 +146,9 @@ func jobs(mode Mode, perf, rh7 bool) ([]job, error) {
 	}
 
 	order := map[Mode][3][]Mode{ // failures, refusals, tasks
-		ModeAuto:       {{ModeFentry, ModeTracepoint, ModeKprobe}, {ModeFentry, ModeKprobe}, {ModeTracepoint, ModeKprobe}},
+		// Failures: kprobe before the syscall tracepoints, which tax every
+		// syscall on the node while attached (see README "Modes").
+		ModeAuto:       {{ModeFentry, ModeKprobe, ModeTracepoint}, {ModeFentry, ModeKprobe}, {ModeTracepoint, ModeKprobe}},
 		ModeFentry:     {{ModeFentry}, {ModeFentry}, {ModeTracepoint}},
 		ModeTracepoint: {{ModeTracepoint}, nil, {ModeTracepoint}},
 		ModeKprobe:     {{ModeKprobe}, {ModeKprobe}, {ModeKprobe}},

@@ -52,7 +52,7 @@ func TestPlanTable(t *testing.T) {
 		tasks     []planSummary
 	}{
 		{mode: ModeAuto,
-			failures: []planSummary{fentryFailures, tpFailures, kprobeFailures},
+			failures: []planSummary{fentryFailures, kprobeFailures, tpFailures},
 			refusals: []planSummary{{ModeFentry, []string{"fw_fexit_pids"}}, {ModeKprobe, []string{"fw_kret_pids"}}},
 			tasks:    []planSummary{btfTasks, rawTasks, kprobeTasks}},
 		{mode: ModeFentry, failures: []planSummary{fentryFailures},

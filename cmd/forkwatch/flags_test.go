@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/forkwatch/forkwatch/tracer"
+
 	"strings"
 	"testing"
 	"time"
@@ -48,6 +50,30 @@ func TestFlagsModesAndBTF(t *testing.T) {
 	}
 }
 
+// The failure hooks' default follows the use: an always-on forkwatch
+// (serving metrics) arms them by pressure, an ad hoc run keeps them
+// attached; either can be forced.
+func TestFailureHooksPerUse(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want tracer.FailureHooks
+	}{
+		{nil, tracer.HooksAlways},
+		{[]string{"--pod", "web-0"}, tracer.HooksAlways},
+		{[]string{"--metrics-addr", ":9479"}, tracer.HooksPressure},
+		{[]string{"--metrics-addr", ":9479", "--failure-hooks", "always"}, tracer.HooksAlways},
+		{[]string{"--failure-hooks", "pressure"}, tracer.HooksPressure},
+	} {
+		f, err := parse(tc.args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := f.failureHooks(); got != tc.want {
+			t.Errorf("%v: failure hooks %s, want %s", tc.args, got, tc.want)
+		}
+	}
+}
+
 func TestFlagsRejectBadInput(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -60,6 +86,8 @@ func TestFlagsRejectBadInput(t *testing.T) {
 		{[]string{"--duration", "soon"}, "invalid argument"},
 		{[]string{"--duration", "-5s"}, "must be positive"},
 		{[]string{"--ring-buffer-size", "5000"}, "power of two"},
+		{[]string{"--failure-hooks", "sometimes"}, "must be auto, always or pressure"},
+		{[]string{"--failure-hooks-calm", "100ms"}, "must be at least 1s"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 	} {
 		_, err := parse(tc.args...)

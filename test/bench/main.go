@@ -44,7 +44,7 @@ var (
 	only         = flag.String("only", "", "run only these sections, comma-separated: storms,failures,cpu,threads,start,rss")
 	kinds        = flag.String("kinds", "thread,process,syscall", "storms section: the storms to run (syscall: a getppid loop, what a tracer adds to every syscall)")
 	mode         = flag.String("mode", "", "forkwatch's --mode (default: its own, auto)")
-	tracersFlag  = flag.String("tracers", "none,forkwatch,pod,bpftrace", "storms section: the tracers to compare, none being the A/A control (also bpftrace-syscalls, bpftrace-counts: forkwatch's two kinds of hooks, each done by bpftrace)")
+	tracersFlag  = flag.String("tracers", "none,forkwatch,always-on,pod,bpftrace", "storms section: the tracers to compare, none being the A/A control, forkwatch ad hoc (failure hooks attached throughout) and always-on (armed by pressure) (also bpftrace-syscalls, bpftrace-counts: forkwatch's two kinds of hooks, each done by bpftrace)")
 )
 
 func main() {

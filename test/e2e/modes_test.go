@@ -14,7 +14,7 @@ import (
 )
 
 // modesBestFirst are the modes auto chooses from, best first.
-var modesBestFirst = []string{"fentry", "tracepoint", "kprobe"}
+var modesBestFirst = []string{"fentry", "kprobe", "tracepoint"}
 
 // runFor runs forkwatch for a second with args (plus FORKWATCH_RINGBUF and
 // FORKWATCH_BTF, not FORKWATCH_MODE) and returns its attached object, or its
