@@ -70,7 +70,7 @@ func NewMetrics(attached []tracer.Attachment, version string) *Metrics {
 var (
 	labelsPod       = []string{"namespace", "pod", "container"}
 	descFailures    = prometheus.NewDesc("forkwatch_fork_failures_total", "Failed fork/clone/vfork/clone3 calls, by calling pod and container, the limit that refused them (cause) and, for pids_cgroup, the refusing cgroup.", append(labelsPod, "cause", "limit_cgroup"), nil)
-	descDenied      = prometheus.NewDesc("forkwatch_fork_denied_total", "fork/clone/vfork/clone3 calls refused by policy (EPERM or EACCES: seccomp, an LSM, a missing capability), by calling pod and container. Not a limit: not in forkwatch_fork_failures_total.", labelsPod, nil)
+	descDenied      = prometheus.NewDesc("forkwatch_fork_denied_total", "fork/clone/vfork/clone3 calls refused by policy (EPERM or EACCES: seccomp, an LSM, a missing capability), by calling pod and container, while the failure hooks are attached (forkwatch_failure_hooks_armed). Not a limit: not in forkwatch_fork_failures_total.", labelsPod, nil)
 	descCreated     = prometheus.NewDesc("forkwatch_tasks_created_total", "Tasks created (kind thread or process), counted in the kernel per cgroup.", append(labelsPod, "kind"), nil)
 	descExited      = prometheus.NewDesc("forkwatch_tasks_exited_total", "Tasks exited (kind thread or process), counted in the kernel per cgroup.", append(labelsPod, "kind"), nil)
 	descRate        = prometheus.NewDesc("forkwatch_thread_creation_rate", "Distribution of each pod's per-second task creation rate, one observation per second.", []string{"namespace", "pod"}, nil)

@@ -31,7 +31,7 @@ func TestMetricsCountDeniedApart(t *testing.T) {
 		}
 	}
 	want := `
-# HELP forkwatch_fork_denied_total fork/clone/vfork/clone3 calls refused by policy (EPERM or EACCES: seccomp, an LSM, a missing capability), by calling pod and container. Not a limit: not in forkwatch_fork_failures_total.
+# HELP forkwatch_fork_denied_total fork/clone/vfork/clone3 calls refused by policy (EPERM or EACCES: seccomp, an LSM, a missing capability), by calling pod and container, while the failure hooks are attached (forkwatch_failure_hooks_armed). Not a limit: not in forkwatch_fork_failures_total.
 # TYPE forkwatch_fork_denied_total counter
 forkwatch_fork_denied_total{container="0a1b2c3d4e5f",namespace="shop",pod="cart-7d9"} 1
 # HELP forkwatch_fork_failures_total Failed fork/clone/vfork/clone3 calls, by calling pod and container, the limit that refused them (cause) and, for pids_cgroup, the refusing cgroup.
