@@ -8,7 +8,6 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
@@ -138,21 +137,11 @@ func watch(ctx context.Context, flags *Flags) error {
 		}
 	}
 	var mu sync.Mutex // serialises the writer between the reader and the ticker
-	var armed armedTimes
-	armed.disarmed.Store(time.Now().UnixNano())
-	// Refusals made while the failure hooks are detached are counted from
-	// the kernel's own counts (see node.RefusalLedger).
-	var ledger *node.RefusalLedger
-	if t.FailureHooks().Policy == tracer.HooksPressure {
-		file, inLimit := t.RefusalCounts()
-		ledger = node.NewRefusalLedger(root.Path, file, inLimit, attr)
-		_, near, err := ledger.Walk(time.Now())
-		if err != nil {
-			return fmt.Errorf("reading the pids controller's refusal counts: %w", err)
-		}
-		if err := armNear(t, w, &mu, &armed, near, time.Now()); err != nil {
-			return err
-		}
+	// The failure hooks by pressure; refusals made while they are detached
+	// are counted from the kernel's own counts (see node.RefusalLedger).
+	fh := newHooks(t, w, &mu, flags.Calm, root, attr)
+	if err := fh.start(time.Now()); err != nil {
+		return err
 	}
 	if flags.ReadyFile != "" {
 		if err := os.WriteFile(flags.ReadyFile, nil, 0o644); err != nil {
@@ -168,7 +157,7 @@ func watch(ctx context.Context, flags *Flags) error {
 	}
 
 	readErr := make(chan error, 1)
-	go func() { readErr <- readEvents(t, attr, tail, w, m, &mu, &armed, ledger) }()
+	go func() { readErr <- readEvents(t, attr, tail, w, m, &mu, fh) }()
 
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
@@ -198,16 +187,8 @@ func watch(ctx context.Context, flags *Flags) error {
 		case now := <-ticker.C:
 			var snap *node.Snapshot
 			if n%secondTicks == 0 {
-				if err := disarmWhenCalm(t, w, &mu, &armed, now, flags.Calm); err != nil {
-					return err
-				}
-				if n%(ledgerSeconds*secondTicks) == 0 {
-					if err := reportUnseen(t, w, &mu, &armed, ledger, now); err != nil {
-						return err
-					}
-				}
 				snap = sampler.Sample(now)
-				if err := armFromSnapshot(t, w, &mu, &armed, snap, now); err != nil {
+				if err := fh.second(now, snap, n/secondTicks); err != nil {
 					return err
 				}
 				if snap.Err != nil && now.Sub(sampleWarned) >= warnEvery {
@@ -256,7 +237,7 @@ const warnEvery = time.Minute
 // readEvents decodes ring-buffer records until the tracer stops reading. A
 // record that does not decode is counted, warned about and skipped: one bad
 // record must not end a DaemonSet's watch.
-func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output.Writer, m *output.Metrics, mu *sync.Mutex, armed *armedTimes, ledger *node.RefusalLedger) error {
+func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output.Writer, m *output.Metrics, mu *sync.Mutex, fh *hooks) error {
 	clock := tracer.NewClock()
 	var (
 		raw    ringbuf.Record
@@ -285,14 +266,13 @@ func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output
 			continue
 		}
 		if rec.IsPressure {
-			if err := arm(t, w, mu, armed, &rec.Failure); err != nil {
+			if err := fh.pressure(&rec.Failure); err != nil {
 				return err
 			}
 			continue
 		}
 		if rec.IsFailure {
-			armed.lastFailure.Store(rec.Failure.Time.UnixNano())
-			ledger.Seen(&rec.Failure)
+			fh.failure(&rec.Failure)
 		}
 		victim := !rec.IsFailure && rec.Task.Failures > 0 && rec.Task.Time.Sub(rec.Task.LastFailure) <= victimWindow
 		if !rec.IsFailure && !victim && tail == nil {
@@ -320,123 +300,6 @@ func readEvents(t *tracer.Tracer, attr *node.Attributor, tail *podTail, w output
 			return err
 		}
 	}
-}
-
-// armedTimes is when the failure hooks were last armed by pressure and
-// when the last failure was read (Unix ns), for disarming after a calm.
-type armedTimes struct {
-	at, lastFailure, disarmed atomic.Int64
-}
-
-// ledgerSeconds is how often, in seconds, the refusal counts are walked
-// while the failure hooks are detached.
-const ledgerSeconds = 10
-
-// reportUnseen reports the refusals no failure record reported, while the
-// failure hooks have been detached long enough for the ring buffer to be
-// drained.
-func reportUnseen(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *armedTimes, ledger *node.RefusalLedger, now time.Time) error {
-	if ledger == nil || t.FailureHooks().Armed || now.Sub(time.Unix(0, armed.disarmed.Load())) < 2*time.Second {
-		return nil
-	}
-	unseen, near, err := ledger.Walk(now)
-	if err != nil {
-		return fmt.Errorf("reading the pids controller's refusal counts: %w", err)
-	}
-	mu.Lock()
-	for i := range unseen {
-		if err := w.Unseen(&unseen[i]); err != nil {
-			mu.Unlock()
-			return err
-		}
-	}
-	mu.Unlock()
-	return armNear(t, w, mu, armed, near, now)
-}
-
-// armNear arms the failure hooks for a pids cgroup the walk of the
-// hierarchy found within reach.
-func armNear(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *armedTimes, near *limits.Pids, now time.Time) error {
-	if near == nil {
-		return nil
-	}
-	changed, err := t.Arm(fmt.Sprintf("pids cgroup %s at %d of %d, as read at %s", near.Path, near.Current, near.Max, now.Format("15:04:05")))
-	if err != nil {
-		return fmt.Errorf("attaching the failure hooks: %w", err)
-	}
-	armed.at.Store(now.UnixNano())
-	if !changed {
-		return nil
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	return w.FailureHooks(now, t.FailureHooks())
-}
-
-// arm attaches the failure hooks: the pressure record p says which limit
-// came within reach.
-func arm(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *armedTimes, p *tracer.Failure) error {
-	changed, err := t.Arm(tracer.PressureReason(p))
-	if err != nil {
-		return fmt.Errorf("attaching the failure hooks: %w", err)
-	}
-	if !changed {
-		return nil
-	}
-	now := time.Now()
-	armed.at.Store(now.UnixNano())
-	mu.Lock()
-	defer mu.Unlock()
-	return w.FailureHooks(now, t.FailureHooks())
-}
-
-// armFromSnapshot arms the failure hooks when the second's reading finds
-// a limit within reach, and keeps them armed while it is: for limits that
-// come within reach without a task created near them (a pids.max lowered
-// under a cgroup's tasks, a sysctl).
-func armFromSnapshot(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *armedTimes, snap *node.Snapshot, now time.Time) error {
-	if t.FailureHooks().Policy != tracer.HooksPressure {
-		return nil
-	}
-	f, ok := snap.WithinReach()
-	if !ok {
-		return nil
-	}
-	changed, err := t.Arm(fmt.Sprintf("%s at %d of %d, as read at %s", f.Limit, f.Current, f.Max, now.Format("15:04:05")))
-	if err != nil {
-		return fmt.Errorf("attaching the failure hooks: %w", err)
-	}
-	armed.at.Store(now.UnixNano())
-	if !changed {
-		return nil
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	return w.FailureHooks(now, t.FailureHooks())
-}
-
-// disarmWhenCalm detaches failure hooks armed by pressure once no limit has
-// been within reach, and no fork has failed, for calm.
-func disarmWhenCalm(t *tracer.Tracer, w output.Writer, mu *sync.Mutex, armed *armedTimes, now time.Time, calm time.Duration) error {
-	h := t.FailureHooks()
-	if h.Policy != tracer.HooksPressure || !h.Armed {
-		return nil
-	}
-	last := max(armed.at.Load(), armed.lastFailure.Load(), t.LastPressure().UnixNano())
-	if now.Sub(time.Unix(0, last)) < calm {
-		return nil
-	}
-	changed, err := t.Disarm(fmt.Sprintf("no limit within reach and no failed fork for %s: attached again when a limit is", calm))
-	if err != nil {
-		return fmt.Errorf("detaching the failure hooks: %w", err)
-	}
-	if !changed {
-		return nil
-	}
-	armed.disarmed.Store(now.UnixNano())
-	mu.Lock()
-	defer mu.Unlock()
-	return w.FailureHooks(now, t.FailureHooks())
 }
 
 // reportLost tells the writer when the kernel's count of lost events rose.
