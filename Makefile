@@ -14,7 +14,8 @@ export BPF2GO_CC     := $(CLANG)
 export BPF2GO_STRIP  := $(LLVMSTRIP)
 export BPF2GO_CFLAGS := $(BPF_CFLAGS)
 
-GENERATED := tracer/forkwatch_x86_bpfel.go tracer/forkwatch_x86_bpfel.o
+GENERATED := tracer/forkwatch_x86_bpfel.go tracer/forkwatch_x86_bpfel.o \
+             tracer/forkwatch_arm64_bpfel.go tracer/forkwatch_arm64_bpfel.o
 
 .PHONY: help build run deps generate check-generate vet test test-unit test-e2e test-deploy test-vm bench fuzz clean
 
