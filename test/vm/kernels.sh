@@ -7,13 +7,16 @@
 #   kernels.sh fetch [--refresh] NAME   download + unpack if not cached; print the vmlinuz path
 #   kernels.sh resolve NAME             print the package NAME resolves to now (needs the network)
 #   kernels.sh list                     cached names and kernel releases
+#   kernels.sh busybox ARCH             download + unpack bookworm's busybox-static for
+#                                       ARCH (arm64) if not cached; print its path
 #
 # NAME: 5.10 (bullseye), 6.1 and 6.12 (bookworm), another X.Y series (trixie and
 # trixie-backports), or newest: the newest kernel that trixie or trixie-backports
 # offers. Each resolves to the newest ABI of its series in the current package
 # index. These are x86-64 kernels (-cloud-amd64); arm64:NAME is the same for
-# arm64 (-cloud-arm64), e.g. arm64:6.1 or arm64:newest. Once fetched, a NAME is a cache hit with no network access; --refresh
-# (or FORKWATCH_VM_REFRESH=1) resolves it again, e.g. to pick up a new "newest".
+# arm64 (-cloud-arm64), e.g. arm64:6.1 or arm64:newest. Once fetched, a NAME
+# is a cache hit with no network access; --refresh (or FORKWATCH_VM_REFRESH=1)
+# resolves it again, e.g. to pick up a new "newest".
 #
 # Environment: FORKWATCH_VM_CACHE (default test/vm/.cache), FORKWATCH_VM_MIRROR
 # and FORKWATCH_VM_SECURITY_MIRROR (default: the archive and the security
@@ -260,13 +263,48 @@ cmd_list() {
 	local f
 	for f in "$cache"/names/*; do
 		[[ -f $f ]] || continue
-		printf '%-8s %s\n' "$(basename "$f")" "$(<"$f")"
+		printf '%-12s %s\n' "$(basename "$f")" "$(<"$f")"
 	done
+}
+
+# busybox ARCH: the guest's userland for another architecture than the
+# host's: Debian 12's busybox-static for ARCH, unpacked into the cache.
+cmd_busybox() {
+	[[ $# -eq 1 && $1 =~ ^[a-z0-9]+$ ]] || usage
+	local arch=$1 dest=$cache/busybox/$1 stage deb
+	if [[ -x $dest/bin/busybox ]]; then
+		echo "$dest/bin/busybox"
+		return 0
+	fi
+	mkdir -p "$cache/busybox"
+	local lock
+	exec {lock}>"$cache/.lock"
+	flock "$lock"
+	if [[ ! -x $dest/bin/busybox ]]; then
+		update_lists bookworm "$arch"
+		stage=$(mktemp -d "$cache/busybox/.stage.XXXXXX")
+		# shellcheck disable=SC2064 # expand now: stage is local
+		trap "rm -rf '$stage'" EXIT
+		chmod 755 "$stage"
+		log "downloading busybox-static for $arch from bookworm"
+		(cd "$stage" && apt_in bookworm "$arch" apt-get -q download busybox-static >&2) ||
+			die "could not download busybox-static for $arch"
+		for deb in "$stage"/*.deb; do
+			dpkg-deb -x "$deb" "$stage/root" || die "could not unpack $deb"
+		done
+		[[ -x $stage/root/bin/busybox ]] || die "no bin/busybox in busybox-static for $arch"
+		rm -rf "$dest"
+		mv "$stage/root" "$dest"
+		rm -rf "$stage"
+		trap - EXIT
+	fi
+	echo "$dest/bin/busybox"
 }
 
 case ${1:-} in
 fetch) shift; fetch "$@" ;;
 resolve) shift; cmd_resolve "$@" ;;
 list) shift; cmd_list ;;
+busybox) shift; cmd_busybox "$@" ;;
 *) usage ;;
 esac
