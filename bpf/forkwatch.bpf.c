@@ -95,7 +95,7 @@ const volatile __u8 pids_events = 0;
 #define X32_SYSCALL_BIT 0x40000000
 #elif defined(__TARGET_ARCH_arm64)
 /* arch/arm64/include/asm/thread_info.h: thread_info.flags bit of a 32-bit
- * (AArch32) task, 22 from 3.7 to 7.3. */
+ * (AArch32) task: 22 in 6.1 and 7.3 alike. */
 #define TIF_32BIT 22
 #endif
 /* arch/x86/include/asm/page_64_types.h: 16 KiB kernel stacks since 3.15;
