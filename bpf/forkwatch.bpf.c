@@ -14,7 +14,8 @@
 //   fentry      fexit on copy_process() (every failure, with its errno) and on
 //               pids_can_fork() (the exact refusing cgroup); kernels with BPF
 //               trampolines (5.5+ with BTF).
-//   tracepoint  syscall-exit tracepoints of clone, clone3, fork and vfork.
+//   tracepoint  syscall-exit tracepoints of clone, clone3, fork and vfork
+//               (arm64 has no fork or vfork syscall).
 //   kprobe      kretprobes on the fork path and pids_can_fork(), a kprobe on
 //               wake_up_new_task() and the sched_process_exit tracepoint: what
 //               CentOS/RHEL 7's 3.10 kernels load. These programs read no
@@ -102,12 +103,20 @@ const volatile __u32 pressure_min = 64;
 #define CAP_SYS_ADMIN 21
 #define CAP_SYS_RESOURCE 24
 
+#if defined(__TARGET_ARCH_x86)
 /* arch/x86/include/asm/thread_info.h: set while a task runs a 32-bit syscall. */
 #define TS_COMPAT 0x0002
 /* arch/x86/include/uapi/asm/unistd.h: x32 syscalls carry this bit. */
 #define X32_SYSCALL_BIT 0x40000000
-/* arch/x86/include/asm/page_64_types.h: 16 KiB kernel stacks since 3.15
- * (KASAN doubles them; distribution kernels do not enable it). */
+#elif defined(__TARGET_ARCH_arm64)
+/* arch/arm64/include/asm/thread_info.h: thread_info.flags bit of a 32-bit
+ * (AArch32) task: 22 in 6.1 and 7.3 alike. */
+#define TIF_32BIT 22
+#endif
+/* arch/x86/include/asm/page_64_types.h: 16 KiB kernel stacks since 3.15;
+ * arm64's are 16 KiB with 4 KiB pages (arch/arm64/include/asm/memory.h;
+ * 64 KiB pages make them 64 KiB). KASAN doubles them; distribution kernels
+ * do not enable it. */
 #define THREAD_SIZE (16 << 10)
 
 /* include/linux/pid.h: pids.max "max" is PID_MAX_LIMIT + 1 (4M + 1 on
@@ -1223,11 +1232,12 @@ int fw_tp_vfork(struct trace_event_raw_sys_exit *ctx)
 
 /*
  * The fork syscall the current task is in, from the syscall number its entry
- * saved in its user registers (pt_regs.orig_ax, at the top of its kernel
- * stack), or 0 when it is in none: a kernel thread, or io_uring starting a
- * worker. The registers are found with bpf_task_pt_regs() (5.15+), else
- * below thread.sp0 (before 4.15), else at the top of the 16 KiB stack (4.15
- * to 5.14 have no FRED and so no padding above pt_regs).
+ * saved in its user registers (pt_regs.orig_ax on x86, .syscallno on arm64,
+ * at the top of its kernel stack), or 0 when it is in none: a kernel thread,
+ * or io_uring starting a worker. The registers are found with
+ * bpf_task_pt_regs() (5.15+), else below thread.sp0 (x86 before 4.15), else
+ * at the top of the 16 KiB stack (4.15 to 5.14 have no FRED and so no
+ * padding above pt_regs; arm64 never has any).
  */
 static __always_inline u8 current_fork_syscall(struct task_struct *task)
 {
@@ -1242,10 +1252,43 @@ static __always_inline u8 current_fork_syscall(struct task_struct *task)
 
 		regs = (struct pt_regs *)BPF_CORE_READ(old, thread.sp0) - 1;
 	} else {
+#if defined(__TARGET_ARCH_arm64)
+		/* arm64's pt_regs grew over the years: its size is the kernel's. */
+		regs = (struct pt_regs *)((u8 *)BPF_CORE_READ(task, stack) + THREAD_SIZE -
+					  bpf_core_type_size(struct pt_regs));
+#else
 		regs = (struct pt_regs *)((u8 *)BPF_CORE_READ(task, stack) + THREAD_SIZE) - 1;
+#endif
 	}
 	if (!regs)
 		return 0;
+#if defined(__TARGET_ARCH_arm64)
+	/* arch/arm64/kernel/syscall.c: el0_svc saves the number (x8, or r7 of
+	 * an AArch32 task) in pt_regs.syscallno. arm64 has no fork or vfork
+	 * syscall: fork() is a clone; AArch32 tasks have all four. */
+	nr = BPF_CORE_READ(regs, syscallno);
+	compat = BPF_CORE_READ(task, thread_info.flags) & (1UL << TIF_32BIT);
+	if (compat) {
+		switch (nr) {
+		case 120:
+			return SYSCALL_CLONE;
+		case 2:
+			return SYSCALL_FORK;
+		case 190:
+			return SYSCALL_VFORK;
+		case 435:
+			return SYSCALL_CLONE3;
+		}
+		return 0;
+	}
+	switch (nr) {
+	case 220:
+		return SYSCALL_CLONE;
+	case 435:
+		return SYSCALL_CLONE3;
+	}
+	return 0;
+#else
 	nr = BPF_CORE_READ(regs, orig_ax);
 	/* 32-bit tasks call fork through the ia32 table (thread_info lives in
 	 * task_struct since 4.9; older kernels are taken for 64-bit only). */
@@ -1276,6 +1319,7 @@ static __always_inline u8 current_fork_syscall(struct task_struct *task)
 		return SYSCALL_CLONE3;
 	}
 	return 0;
+#endif
 }
 
 /* copy_process() returns the new task or an ERR_PTR: every fork's failure,

@@ -13,17 +13,20 @@ package deploy
 import (
 	"bufio"
 	"bytes"
+	"debug/elf"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -365,6 +368,37 @@ func TestNamespaces(t *testing.T) {
 
 // TestDaemonSet checks the security settings and everything else the
 // DaemonSet promises, in the base and in the legacy-kernel overlay.
+// imageArchitectures are the node architectures the image is built for,
+// each with the name bpf2go gives its committed BPF object in tracer/.
+var imageArchitectures = map[string]string{"amd64": "x86", "arm64": "arm64"}
+
+// The DaemonSet runs on Linux nodes of exactly the image's architectures,
+// each of which has its BPF objects committed.
+func checkArchitectures(t *testing.T, pod corev1.PodSpec) {
+	t.Helper()
+	if pod.NodeSelector["kubernetes.io/os"] != "linux" || pod.NodeSelector["kubernetes.io/arch"] != "" {
+		t.Errorf("nodeSelector %v: want kubernetes.io/os linux, and the architectures in the node affinity", pod.NodeSelector)
+	}
+	var arches []string
+	if a := pod.Affinity; a != nil && a.NodeAffinity != nil && a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
+		terms := a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+		if len(terms) == 1 && len(terms[0].MatchExpressions) == 1 {
+			if e := terms[0].MatchExpressions[0]; e.Key == "kubernetes.io/arch" && e.Operator == corev1.NodeSelectorOpIn {
+				arches = slices.Sorted(slices.Values(e.Values))
+			}
+		}
+	}
+	want := slices.Sorted(maps.Keys(imageArchitectures))
+	if !slices.Equal(arches, want) {
+		t.Errorf("the DaemonSet runs on architectures %v (node affinity %+v), want the image's %v", arches, pod.Affinity, want)
+	}
+	for arch, obj := range imageArchitectures {
+		if _, err := os.Stat(filepath.Join("..", "tracer", "forkwatch_"+obj+"_bpfel.o")); err != nil {
+			t.Errorf("%s nodes: no BPF object: %v", arch, err)
+		}
+	}
+}
+
 func TestDaemonSet(t *testing.T) {
 	for _, v := range variants {
 		t.Run(strings.ReplaceAll(v.dir, "/", "_"), func(t *testing.T) {
@@ -391,6 +425,7 @@ func checkDaemonSet(t *testing.T, r *rendered, v variant) {
 	}
 
 	pod := ds.Spec.Template.Spec
+	checkArchitectures(t, pod)
 	if !pod.HostPID {
 		t.Error("hostPID must be true: forkwatch reads the node's /proc")
 	}
@@ -1281,14 +1316,12 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
-// The image's version is what forkwatch says it is: the Dockerfile's own go
-// build command, run here with a VERSION, makes a binary whose --version
-// (and so forkwatch_build_info, from the same variable) carries it.
-func TestDockerfileStampsTheVersion(t *testing.T) {
-	df := string(readFile(t, "Dockerfile"))
-	// The RUN line with go build, its continuations joined.
+// dockerfileBuild returns the Dockerfile's RUN line with go build, its
+// continuations joined.
+func dockerfileBuild(t *testing.T) string {
+	t.Helper()
 	var build string
-	lines := strings.Split(df, "\n")
+	lines := strings.Split(string(readFile(t, "Dockerfile")), "\n")
 	for i := 0; i < len(lines); i++ {
 		l := strings.TrimSpace(lines[i])
 		if !strings.HasPrefix(l, "RUN ") || !strings.Contains(l, "go build") {
@@ -1303,17 +1336,102 @@ func TestDockerfileStampsTheVersion(t *testing.T) {
 	if build == "" {
 		t.Fatal("no RUN ... go build line in the Dockerfile")
 	}
-	bin := filepath.Join(t.TempDir(), "forkwatch")
-	build = strings.ReplaceAll(build, "${VERSION}", "v9.8.7-test")
-	build = strings.ReplaceAll(build, "/out/forkwatch", bin)
-	cmd := exec.Command("sh", "-c", build)
-	cmd.Dir = ".." // the Dockerfile builds from the repository's root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("the Dockerfile's build (%s): %v\n%s", build, err, out)
+	return build
+}
+
+// The image is multi-arch by cross-compiling: the Go stage runs on the
+// builder's platform and builds for the target's, and the final stage is the
+// target's.
+func TestDockerfileCrossCompiles(t *testing.T) {
+	df := string(readFile(t, "Dockerfile"))
+	var froms [][]string
+	args := map[string]bool{}
+	for _, line := range strings.Split(df, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 2 && f[0] == "FROM":
+			froms = append(froms, f[1:])
+		case len(f) >= 2 && f[0] == "ARG" && len(froms) == 1:
+			for _, a := range f[1:] {
+				args[strings.SplitN(a, "=", 2)[0]] = true
+			}
+		}
 	}
-	out, err := exec.Command(bin, "--version").CombinedOutput()
-	if err != nil || strings.TrimSpace(string(out)) != "forkwatch v9.8.7-test" {
-		t.Fatalf("forkwatch --version = %q, %v; want the version the Dockerfile stamped", out, err)
+	if len(froms) != 2 || froms[0][0] != "--platform=$BUILDPLATFORM" || strings.HasPrefix(froms[1][0], "--platform") {
+		t.Errorf("stages FROM %v: want the Go stage on --platform=$BUILDPLATFORM and the final stage on the target's", froms)
+	}
+	if !args["TARGETOS"] || !args["TARGETARCH"] {
+		t.Errorf("the Go stage declares ARGs %v: want TARGETOS and TARGETARCH, which BuildKit sets from --platform", args)
+	}
+	build := dockerfileBuild(t)
+	for _, s := range []string{"GOOS=${TARGETOS}", "GOARCH=${TARGETARCH}"} {
+		if !strings.Contains(build, s) {
+			t.Errorf("the go build line (%s) lacks %s", build, s)
+		}
+	}
+}
+
+// The image's binaries are what the Dockerfile's own go build command makes
+// for each platform the image is built for: run here with a VERSION and each
+// TARGETARCH, it makes a static binary for that machine, and the one for this
+// machine says the version it was stamped with in --version (and so in
+// forkwatch_build_info, from the same variable). test/vm runs the arm64 one
+// in arm64 kernels (make test-vm, built with the Makefile's IMAGE_LDFLAGS).
+func TestDockerfileBuildsEveryPlatform(t *testing.T) {
+	build := dockerfileBuild(t)
+	for _, tc := range []struct {
+		arch    string
+		machine elf.Machine
+	}{{"amd64", elf.EM_X86_64}, {"arm64", elf.EM_AARCH64}} {
+		t.Run(tc.arch, func(t *testing.T) {
+			bin := filepath.Join(t.TempDir(), "forkwatch")
+			cmdline := strings.NewReplacer("${VERSION}", "v9.8.7-test", "/out/forkwatch", bin,
+				"${TARGETOS}", "linux", "${TARGETARCH}", tc.arch).Replace(build)
+			cmd := exec.Command("sh", "-c", cmdline)
+			cmd.Dir = ".." // the Dockerfile builds from the repository's root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("the Dockerfile's build (%s): %v\n%s", cmdline, err, out)
+			}
+			f, err := elf.Open(bin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if f.Machine != tc.machine {
+				t.Errorf("built for %s: ELF machine %s, want %s", tc.arch, f.Machine, tc.machine)
+			}
+			for _, p := range f.Progs {
+				if p.Type == elf.PT_INTERP {
+					t.Errorf("built for %s: dynamically linked; the image has no libc", tc.arch)
+				}
+			}
+			if tc.arch != runtime.GOARCH {
+				return
+			}
+			out, err := exec.Command(bin, "--version").CombinedOutput()
+			if err != nil || strings.TrimSpace(string(out)) != "forkwatch v9.8.7-test" {
+				t.Fatalf("forkwatch --version = %q, %v; want the version the Dockerfile stamped", out, err)
+			}
+		})
+	}
+}
+
+// The arm64 binaries test/vm boots are linked as the image's are: the
+// Makefile's IMAGE_LDFLAGS are the Dockerfile's -ldflags.
+func TestMakefileBuildsAsTheImage(t *testing.T) {
+	m := regexp.MustCompile(`-ldflags "([^"]*)"`).FindStringSubmatch(dockerfileBuild(t))
+	if m == nil {
+		t.Fatal("no -ldflags \"...\" in the Dockerfile's go build line")
+	}
+	want := strings.ReplaceAll(m[1], "${VERSION}", "$(VERSION)")
+	var got string
+	for _, l := range strings.Split(string(readFile(t, "../Makefile")), "\n") {
+		if v, ok := strings.CutPrefix(l, "IMAGE_LDFLAGS"); ok {
+			got = strings.TrimSpace(strings.TrimLeft(strings.TrimSpace(v), ":?="))
+		}
+	}
+	if got != want {
+		t.Errorf("Makefile IMAGE_LDFLAGS = %q, want the Dockerfile's -ldflags %q", got, want)
 	}
 }
 

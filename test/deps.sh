@@ -14,6 +14,8 @@ packages=(
 	stress-ng               # test/e2e: real clone and pthread stressors at a pod's pids.max
 	docker.io               # test/e2e: a dockerd of the test's own, Docker's default seccomp profile
 	gcc libc6-dev           # test/e2e: static glibc programs (pthread_create's clone3 -> clone fallback)
+	qemu-system-arm         # test/vm: arm64 kernels under qemu-system-aarch64
+	gcc-aarch64-linux-gnu libc6-dev-arm64-cross  # the static glibc programs for arm64 (the libc only recommended: named)
 )
 
 missing=()

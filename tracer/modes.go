@@ -114,12 +114,12 @@ func jobs(mode Mode, perf, rh7 bool) ([]job, error) {
 	}
 	failures := map[Mode][]plan{
 		ModeFentry: {{ModeFentry, []hook{{prog: forkwatchProgFwFexitCopy, kind: onFexit, at: []string{"copy_process"}}}}},
-		ModeTracepoint: {{ModeTracepoint, []hook{
+		ModeTracepoint: {{ModeTracepoint, archSyscalls([]hook{
 			{prog: forkwatchProgFwTpClone, kind: onTracepoint, at: []string{"syscalls", "sys_exit_clone"}},
 			{prog: forkwatchProgFwTpClone3, kind: onTracepoint, at: []string{"syscalls", "sys_exit_clone3"}, optional: true},
 			{prog: forkwatchProgFwTpFork, kind: onTracepoint, at: []string{"syscalls", "sys_exit_fork"}},
 			{prog: forkwatchProgFwTpVfork, kind: onTracepoint, at: []string{"syscalls", "sys_exit_vfork"}},
-		}}},
+		})}},
 		ModeKprobe: {{ModeKprobe, []hook{{prog: kretFork, kind: onKretprobe, at: forkPath, maxActive: true}}}},
 	}
 	refusals := map[Mode][]plan{

@@ -128,7 +128,7 @@ int main(int argc, char **argv)
 	t0 = now();
 	if (cgroup)
 		join_cgroup(cgroup);
-	if (pthread_attr_init(&attr) || pthread_attr_setstacksize(&attr, 64 << 10))
+	if (small_stack_attr(&attr))
 		die("pthread_attr");
 
 	for (i = 0; i < 4; i++) {

@@ -146,7 +146,7 @@ int main(int argc, char **argv)
 	tids = calloc(n ? n : 1, sizeof *tids);
 	if (!tids)
 		die("calloc");
-	if (pthread_attr_init(&attr) || pthread_attr_setstacksize(&attr, 64 << 10))
+	if (small_stack_attr(&attr))
 		die("pthread_attr");
 	for (i = 0; i < n; i++) {
 		int err = pthread_create(&tids[created], &attr, hold, NULL);

@@ -335,7 +335,9 @@ func forked(pid uintptr, errno syscall.Errno) (uintptr, syscall.Errno) {
 	if pid == 0 {
 		syscall.RawSyscall6(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0, 0)
 		for {
-			syscall.RawSyscall(syscall.SYS_PAUSE, 0, 0, 0)
+			// ppoll with no files and no timeout: pause(2),
+			// which arm64 does not have.
+			syscall.RawSyscall6(unix.SYS_PPOLL, 0, 0, 0, 0, 0, 0)
 		}
 	}
 	return pid, 0

@@ -7,12 +7,16 @@
 #   kernels.sh fetch [--refresh] NAME   download + unpack if not cached; print the vmlinuz path
 #   kernels.sh resolve NAME             print the package NAME resolves to now (needs the network)
 #   kernels.sh list                     cached names and kernel releases
+#   kernels.sh busybox ARCH             download + unpack bookworm's busybox-static for
+#                                       ARCH (arm64) if not cached; print its path
 #
 # NAME: 5.10 (bullseye), 6.1 and 6.12 (bookworm), another X.Y series (trixie and
 # trixie-backports), or newest: the newest kernel that trixie or trixie-backports
 # offers. Each resolves to the newest ABI of its series in the current package
-# index. Once fetched, a NAME is a cache hit with no network access; --refresh
-# (or FORKWATCH_VM_REFRESH=1) resolves it again, e.g. to pick up a new "newest".
+# index. These are x86-64 kernels (-cloud-amd64); arm64:NAME is the same for
+# arm64 (-cloud-arm64), e.g. arm64:6.1 or arm64:newest. Once fetched, a NAME
+# is a cache hit with no network access; --refresh (or FORKWATCH_VM_REFRESH=1)
+# resolves it again, e.g. to pick up a new "newest".
 #
 # Environment: FORKWATCH_VM_CACHE (default test/vm/.cache), FORKWATCH_VM_MIRROR
 # and FORKWATCH_VM_SECURITY_MIRROR (default: the archive and the security
@@ -66,29 +70,38 @@ usage() {
 	exit 2
 }
 
+# arch_of NAME: the Debian architecture of NAME's kernel (amd64, or arm64 for
+# arm64:...); series_of NAME: NAME without it.
+arch_of() { if [[ $1 == arm64:* ]]; then echo arm64; else echo amd64; fi; }
+series_of() { echo "${1#arm64:}"; }
+
 # dist_of NAME: the Debian release whose lists are searched for NAME.
 dist_of() {
-	case $1 in
+	case $(series_of "$1") in
 	5.10) echo bullseye ;;
 	6.1 | 6.12) echo bookworm ;;
 	newest | [0-9]*.[0-9]*) echo trixie ;;
-	*) die "unknown kernel name '$1' (want 5.10, 6.1, 6.12, X.Y or newest)" ;;
+	*) die "unknown kernel name '$1' (want 5.10, 6.1, 6.12, X.Y or newest, each also as arm64:NAME)" ;;
 	esac
 }
 
 # pattern_of NAME: a regular expression (apt-cache search, POSIX) matching the
 # kernel image packages of NAME's series, cloud flavour, signed image only.
 pattern_of() {
-	case $1 in
-	newest) echo '^linux-image-[0-9][0-9.]*[-+][^ ]*-cloud-amd64$' ;;
-	*) echo "^linux-image-${1//./\\.}[.-][^ ]*-cloud-amd64\$" ;;
+	local series arch
+	series=$(series_of "$1")
+	arch=$(arch_of "$1")
+	case $series in
+	newest) echo "^linux-image-[0-9][0-9.]*[-+][^ ]*-cloud-$arch\$" ;;
+	*) echo "^linux-image-${series//./\\.}[.-][^ ]*-cloud-$arch\$" ;;
 	esac
 }
 
-# aptdir DIST: creates (once) the private apt configuration for DIST and
-# prints its directory.
+# aptdir DIST [ARCH]: creates (once) the private apt configuration for DIST's
+# ARCH (default amd64) packages and prints its directory.
 aptdir() {
-	local dist=$1 dir=$cache/apt/$1 key
+	local dist=$1 arch=${2:-amd64} dir=$cache/apt/$1 key
+	[[ $arch == amd64 ]] || dir+=-$arch
 	[[ -r $keyring ]] || die "$keyring missing: install Debian's debian-archive-keyring"
 	[[ -n $mirror && -n $security ]] || die "no Debian archive and security archive in this machine's apt sources: set FORKWATCH_VM_MIRROR and FORKWATCH_VM_SECURITY_MIRROR"
 	mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/empty"
@@ -113,8 +126,8 @@ aptdir() {
 		Dir::State::Lists "$dir/lists";
 		Dir::State::status "$dir/status";
 		Dir::Cache "$dir/cache";
-		APT::Architecture "amd64";
-		APT::Architectures { "amd64"; };
+		APT::Architecture "$arch";
+		APT::Architectures { "$arch"; };
 		Dir::Cache::pkgcache "";
 		Dir::Cache::srcpkgcache "";
 		Acquire::Languages "none";
@@ -126,18 +139,20 @@ aptdir() {
 	echo "$dir"
 }
 
-# apt_in DIST CMD...: runs an apt command with DIST's private configuration.
+# apt_in DIST ARCH CMD...: runs an apt command with the private configuration
+# of DIST's ARCH packages.
 apt_in() {
 	local dir
-	dir=$(aptdir "$1")
-	shift
+	dir=$(aptdir "$1" "$2")
+	shift 2
 	APT_CONFIG=$dir/apt.conf "$@"
 }
 
+# update_lists DIST ARCH
 update_lists() {
-	log "updating the package lists of $1 (cached in $cache/apt/$1)"
-	apt_in "$1" apt-get -q -o APT::Update::Error-Mode=any update >&2 ||
-		die "apt-get update failed for $1"
+	log "updating the package lists of $1 for $2 (cached in $(aptdir "$1" "$2"))"
+	apt_in "$1" "$2" apt-get -q -o APT::Update::Error-Mode=any update >&2 ||
+		die "apt-get update failed for $1 ($2)"
 }
 
 # resolve NAME: prints the kernel release (e.g. 6.1.0-40-cloud-amd64) that
@@ -146,7 +161,7 @@ resolve() {
 	local name=$1 dist pattern rel
 	dist=$(dist_of "$name")
 	pattern=$(pattern_of "$name")
-	rel=$(apt_in "$dist" apt-cache search --names-only "$pattern" |
+	rel=$(apt_in "$dist" "$(arch_of "$name")" apt-cache search --names-only "$pattern" |
 		awk '{sub(/^linux-image-/, "", $1); print $1}' | sort -V | tail -n 1)
 	[[ -n $rel ]] || die "no package matches $pattern in $dist's lists"
 	echo "$rel"
@@ -164,10 +179,10 @@ vmlinuz_in() {
 	return 1
 }
 
-# unpack DIST RELEASE: downloads the image package (and, from 6.16 on, the
+# unpack DIST ARCH RELEASE: downloads the image package (and, from 6.16 on, the
 # linux-binary package that holds the image) and unpacks it into the cache.
 unpack() {
-	local dist=$1 rel=$2 dest=$cache/kernels/$2 stage pkg deb image
+	local dist=$1 arch=$2 rel=$3 dest=$cache/kernels/$3 stage pkg deb image
 	stage=$(mktemp -d "$cache/kernels/.stage.XXXXXX")
 	# shellcheck disable=SC2064 # expand now: stage is local
 	trap "rm -rf '$stage'" EXIT
@@ -178,7 +193,7 @@ unpack() {
 			break
 		fi
 		log "downloading $pkg from $dist"
-		(cd "$stage" && apt_in "$dist" apt-get -q download "$pkg" >&2) ||
+		(cd "$stage" && apt_in "$dist" "$arch" apt-get -q download "$pkg" >&2) ||
 			die "could not download $pkg"
 		for deb in "$stage"/*.deb; do
 			dpkg-deb -x "$deb" "$stage/root" || die "could not unpack $deb"
@@ -201,8 +216,9 @@ fetch() {
 		shift
 	fi
 	[[ $# -eq 1 ]] || usage
-	local name=$1 dist rel namefile=$cache/names/$1
+	local name=$1 dist arch rel namefile=$cache/names/$1
 	dist=$(dist_of "$name")
+	arch=$(arch_of "$name")
 
 	# Cache hit: no lock, no network. Entries are only ever renamed into place.
 	if [[ -z $refresh && -f $namefile ]]; then
@@ -223,11 +239,11 @@ fetch() {
 		return 0
 	fi
 
-	update_lists "$dist"
+	update_lists "$dist" "$arch"
 	rel=$(resolve "$name")
 	log "$name is $rel"
 	if [[ ! -e $cache/kernels/$rel/vmlinuz ]]; then
-		unpack "$dist" "$rel"
+		unpack "$dist" "$arch" "$rel"
 	fi
 	echo "$rel" >"$namefile.new"
 	mv "$namefile.new" "$namefile"
@@ -239,7 +255,7 @@ cmd_resolve() {
 	local dist
 	dist=$(dist_of "$1")
 	mkdir -p "$cache"
-	update_lists "$dist"
+	update_lists "$dist" "$(arch_of "$1")"
 	echo "linux-image-$(resolve "$1")"
 }
 
@@ -247,13 +263,48 @@ cmd_list() {
 	local f
 	for f in "$cache"/names/*; do
 		[[ -f $f ]] || continue
-		printf '%-8s %s\n' "$(basename "$f")" "$(<"$f")"
+		printf '%-12s %s\n' "$(basename "$f")" "$(<"$f")"
 	done
+}
+
+# busybox ARCH: the guest's userland for another architecture than the
+# host's: Debian 12's busybox-static for ARCH, unpacked into the cache.
+cmd_busybox() {
+	[[ $# -eq 1 && $1 =~ ^[a-z0-9]+$ ]] || usage
+	local arch=$1 dest=$cache/busybox/$1 stage deb
+	if [[ -x $dest/bin/busybox ]]; then
+		echo "$dest/bin/busybox"
+		return 0
+	fi
+	mkdir -p "$cache/busybox"
+	local lock
+	exec {lock}>"$cache/.lock"
+	flock "$lock"
+	if [[ ! -x $dest/bin/busybox ]]; then
+		update_lists bookworm "$arch"
+		stage=$(mktemp -d "$cache/busybox/.stage.XXXXXX")
+		# shellcheck disable=SC2064 # expand now: stage is local
+		trap "rm -rf '$stage'" EXIT
+		chmod 755 "$stage"
+		log "downloading busybox-static for $arch from bookworm"
+		(cd "$stage" && apt_in bookworm "$arch" apt-get -q download busybox-static >&2) ||
+			die "could not download busybox-static for $arch"
+		for deb in "$stage"/*.deb; do
+			dpkg-deb -x "$deb" "$stage/root" || die "could not unpack $deb"
+		done
+		[[ -x $stage/root/bin/busybox ]] || die "no bin/busybox in busybox-static for $arch"
+		rm -rf "$dest"
+		mv "$stage/root" "$dest"
+		rm -rf "$stage"
+		trap - EXIT
+	fi
+	echo "$dest/bin/busybox"
 }
 
 case ${1:-} in
 fetch) shift; fetch "$@" ;;
 resolve) shift; cmd_resolve "$@" ;;
 list) shift; cmd_list ;;
+busybox) shift; cmd_busybox "$@" ;;
 *) usage ;;
 esac
