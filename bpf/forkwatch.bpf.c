@@ -1025,6 +1025,40 @@ static __always_inline void submit_event(void *ctx, struct event *e, int v)
 		count_lost();
 }
 
+/* A thread storm creates tens of thousands of tasks a second in one
+ * cgroup: checking each would cost it more than the counters do. A CPU
+ * checks a cgroup again only after PRESSURE_GATE_NS; at the limits' slack
+ * of 64 tasks or more, a cgroup would have to grow by 64k tasks a second to
+ * reach its limit unchecked, faster than the hooks could be attached
+ * anyway. */
+#define PRESSURE_GATE_NS 1000000
+struct pressure_gate {
+	__u64 key; /* the counting css or cgroup last checked on this CPU */
+	__u64 ns;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pressure_gate);
+} pressure_gates SEC(".maps");
+
+/* Whether a task created in the cgroup key is to be checked now. */
+static __always_inline bool pressure_due(u64 key)
+{
+	u32 zero = 0;
+	struct pressure_gate *g = bpf_map_lookup_elem(&pressure_gates, &zero);
+	u64 now = bpf_ktime_get_ns();
+
+	if (!g)
+		return true;
+	if (g->key == key && now - g->ns < PRESSURE_GATE_NS)
+		return false;
+	g->key = key;
+	g->ns = now;
+	return true;
+}
+
 /* The first pids cgroup from css up whose limit is within reach. */
 static __always_inline bool find_pids_pressure(struct cgroup_subsys_state *css, struct pids_hit *hit, int v)
 {
@@ -1568,7 +1602,8 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
 		else
 			c->processes_created++;
 	}
-	if (!(v & (V_OUT_RING | V_OUT_PERF)) && pressure_watch)
+	if (!(v & (V_OUT_RING | V_OUT_PERF)) && pressure_watch &&
+	    pressure_due((v & V_BTF) ? (u64)css : (u64)cg))
 		check_pressure(ctx, child, v);
 	if (!tail_on(v))
 		return 0;

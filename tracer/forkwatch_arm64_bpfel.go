@@ -118,6 +118,12 @@ type forkwatchPidsRefusal struct {
 	Pad          [6]uint8
 }
 
+type forkwatchPressureGate struct {
+	_   structs.HostLayout
+	Key uint64
+	Ns  uint64
+}
+
 type forkwatchTaskCounts struct {
 	_                structs.HostLayout
 	ThreadsCreated   uint64
@@ -147,6 +153,7 @@ const (
 	forkwatchMapNodeLimitsNow       = "node_limits_now"
 	forkwatchMapPidsRefusals        = "pids_refusals"
 	forkwatchMapPidsRefusalsClaimed = "pids_refusals_claimed"
+	forkwatchMapPressureGates       = "pressure_gates"
 	forkwatchMapTailedCgroups       = "tailed_cgroups"
 	forkwatchProgFwBtfCgattach      = "fw_btf_cgattach"
 	forkwatchProgFwBtfExit          = "fw_btf_exit"
@@ -269,6 +276,7 @@ type forkwatchMapSpecs struct {
 	NodeLimitsNow       *ebpf.MapSpec `ebpf:"node_limits_now"`
 	PidsRefusals        *ebpf.MapSpec `ebpf:"pids_refusals"`
 	PidsRefusalsClaimed *ebpf.MapSpec `ebpf:"pids_refusals_claimed"`
+	PressureGates       *ebpf.MapSpec `ebpf:"pressure_gates"`
 	TailedCgroups       *ebpf.MapSpec `ebpf:"tailed_cgroups"`
 }
 
@@ -323,6 +331,7 @@ type forkwatchMaps struct {
 	NodeLimitsNow       *ebpf.Map `ebpf:"node_limits_now"`
 	PidsRefusals        *ebpf.Map `ebpf:"pids_refusals"`
 	PidsRefusalsClaimed *ebpf.Map `ebpf:"pids_refusals_claimed"`
+	PressureGates       *ebpf.Map `ebpf:"pressure_gates"`
 	TailedCgroups       *ebpf.Map `ebpf:"tailed_cgroups"`
 }
 
@@ -338,6 +347,7 @@ func (m *forkwatchMaps) Close() error {
 		m.NodeLimitsNow,
 		m.PidsRefusals,
 		m.PidsRefusalsClaimed,
+		m.PressureGates,
 		m.TailedCgroups,
 	)
 }
