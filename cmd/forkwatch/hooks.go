@@ -23,8 +23,8 @@ type hooks struct {
 	ledger *node.RefusalLedger // nil unless by pressure
 
 	// Unix ns: when a limit was last seen within reach from userspace, the
-	// last failure read, and when the hooks were last detached.
-	near, lastFailure, disarmed atomic.Int64
+	// last failure read, and when the hooks were last attached and detached.
+	near, lastFailure, armed, disarmed atomic.Int64
 }
 
 // ledgerSeconds is how often, in seconds, the pids hierarchy is walked
@@ -65,24 +65,36 @@ func (h *hooks) failure(f *tracer.Failure) {
 
 // second runs once a second with the sampler's snapshot: arms for a limit
 // within reach in it, detaches after the calm period, and every
-// ledgerSeconds while detached walks the hierarchy for unseen refusals.
+// ledgerSeconds walks the hierarchy for unseen refusals and limits within
+// reach — when its counts can be compared with what the reader saw: the
+// hooks detached for 2 s, or attached and no failure read for 2 s (the
+// refusals of the milliseconds before they were attached).
 func (h *hooks) second(now time.Time, snap *node.Snapshot, n int) error {
-	state := h.t.FailureHooks()
-	if state.Policy != tracer.HooksPressure {
+	if h.t.FailureHooks().Policy != tracer.HooksPressure {
 		return nil
 	}
-	if f, ok := snap.WithinReach(); ok {
+	f, near := snap.WithinReach()
+	if near {
 		h.near.Store(now.UnixNano())
-		return h.arm(fmt.Sprintf("%s at %d of %d, as read at %s", f.Limit, f.Current, f.Max, now.Format("15:04:05")), now)
+		if err := h.arm(fmt.Sprintf("%s at %d of %d, as read at %s", f.Limit, f.Current, f.Max, now.Format("15:04:05")), now); err != nil {
+			return err
+		}
 	}
+	state := h.t.FailureHooks()
+	if state.Armed && !near {
+		if err := h.disarmWhenCalm(now); err != nil {
+			return err
+		}
+		state = h.t.FailureHooks()
+	}
+	since := h.disarmed.Load()
 	if state.Armed {
-		return h.disarmWhenCalm(now)
+		since = max(h.armed.Load(), h.lastFailure.Load())
 	}
-	// Detached long enough for the ring buffer to be drained.
-	if n%ledgerSeconds != 0 || now.Sub(time.Unix(0, h.disarmed.Load())) < 2*time.Second {
+	if n%ledgerSeconds != 0 || now.Sub(time.Unix(0, since)) < 2*time.Second {
 		return nil
 	}
-	unseen, near, err := h.ledger.Walk(now)
+	unseen, nearest, err := h.ledger.Walk(now)
 	if err != nil {
 		return fmt.Errorf("reading the pids controller's refusal counts: %w", err)
 	}
@@ -94,7 +106,7 @@ func (h *hooks) second(now time.Time, snap *node.Snapshot, n int) error {
 		}
 	}
 	h.mu.Unlock()
-	return h.armNear(near, now)
+	return h.armNear(nearest, now)
 }
 
 // armNear arms the hooks for a pids cgroup the walk of the hierarchy found
@@ -116,6 +128,7 @@ func (h *hooks) arm(reason string, now time.Time) error {
 		return nil
 	}
 	h.near.Store(max(h.near.Load(), now.UnixNano()))
+	h.armed.Store(now.UnixNano())
 	return h.report(now)
 }
 

@@ -32,8 +32,8 @@ type Unseen struct {
 // RefusalLedger finds the refusals the kernel counted that no failure
 // record reported. Walk reads every cgroup's refusal count and compares its
 // growth since the last walk with the failures the reader saw (Seen) in
-// between; call it while the hooks are detached, once the ring buffer is
-// drained.
+// between; call it when no refusal can be in flight: the hooks detached, or
+// attached and no failure read, for long enough to drain the ring buffer.
 type RefusalLedger struct {
 	root, file string
 	inLimit    bool
