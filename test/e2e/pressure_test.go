@@ -81,11 +81,12 @@ func TestFailureHooksArmedByPressure(t *testing.T) {
 	fw.waitFor("the failure hooks detached after the calm period", disarmed)
 
 	// No warning: a shell moved into a cgroup without a limit, which then
-	// gets one at its tasks, and forks.
+	// gets one at its tasks, and forks (a background job: every shell
+	// forks for it, where busybox runs some commands in-process).
 	other := tr.base + "/system.slice/batch.service"
 	otherDir := tr.mkdir(other)
 	before := pidsRefusals(t, tr, other)
-	exec.Command("sh", "-c", fmt.Sprintf("echo $$ > %s/cgroup.procs; echo 1 > %s/pids.max; /bin/true", otherDir, otherDir)).Run()
+	exec.Command("sh", "-c", fmt.Sprintf("echo $$ > %s/cgroup.procs; echo 1 > %s/pids.max; sleep 0 & wait", otherDir, otherDir)).Run()
 	sudden := pidsRefusals(t, tr, other) - before
 	if sudden == 0 {
 		t.Fatalf("pids.events of %s counts no refusal", other)
