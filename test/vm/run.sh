@@ -295,7 +295,7 @@ boot() {
 	arm64) board=(-machine virt -cpu "$arm64_cpu" -serial chardev:con -device pci-serial,chardev=out) ;;
 	esac
 	"${pdeath[@]}" $qemu -nodefaults -no-user-config -display none -no-reboot \
-		-accel "tcg,thread=$tcg_thread" -smp 2 -m 1G \
+		-accel "tcg,thread=$tcg_thread" -smp 2 -m 2G \
 		-kernel "$vmlinuz" -initrd "$tmp/initrd.gz" \
 		-append "console=$console panic=-1 rdinit=/init" \
 		-chardev "file,id=con,path=${con//,/,,}" -chardev "file,id=out,path=${out//,/,,}" "${board[@]}" \
