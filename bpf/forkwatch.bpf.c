@@ -1264,6 +1264,23 @@ int fw_tp_vfork(struct trace_event_raw_sys_exit *ctx)
 
 /* --- fentry and kprobe modes: the fork path --------------------------------- */
 
+/* The fork syscalls of 32-bit tasks: x86's ia32 table and arm64's AArch32
+ * one number them alike. */
+static __always_inline u8 compat_fork_syscall(long nr)
+{
+	switch (nr) {
+	case 120:
+		return SYSCALL_CLONE;
+	case 2:
+		return SYSCALL_FORK;
+	case 190:
+		return SYSCALL_VFORK;
+	case 435:
+		return SYSCALL_CLONE3;
+	}
+	return 0;
+}
+
 /*
  * The fork syscall the current task is in, from the syscall number its entry
  * saved in its user registers (pt_regs.orig_ax on x86, .syscallno on arm64,
@@ -1302,19 +1319,8 @@ static __always_inline u8 current_fork_syscall(struct task_struct *task)
 	 * syscall: fork() is a clone; AArch32 tasks have all four. */
 	nr = BPF_CORE_READ(regs, syscallno);
 	compat = BPF_CORE_READ(task, thread_info.flags) & (1UL << TIF_32BIT);
-	if (compat) {
-		switch (nr) {
-		case 120:
-			return SYSCALL_CLONE;
-		case 2:
-			return SYSCALL_FORK;
-		case 190:
-			return SYSCALL_VFORK;
-		case 435:
-			return SYSCALL_CLONE3;
-		}
-		return 0;
-	}
+	if (compat)
+		return compat_fork_syscall(nr);
 	switch (nr) {
 	case 220:
 		return SYSCALL_CLONE;
@@ -1329,19 +1335,8 @@ static __always_inline u8 current_fork_syscall(struct task_struct *task)
 	if (bpf_core_field_exists(task->thread_info) &&
 	    bpf_core_field_exists(task->thread_info.status))
 		compat = BPF_CORE_READ(task, thread_info.status) & TS_COMPAT;
-	if (compat) {
-		switch (nr) {
-		case 120:
-			return SYSCALL_CLONE;
-		case 2:
-			return SYSCALL_FORK;
-		case 190:
-			return SYSCALL_VFORK;
-		case 435:
-			return SYSCALL_CLONE3;
-		}
-		return 0;
-	}
+	if (compat)
+		return compat_fork_syscall(nr);
 	switch (nr & ~X32_SYSCALL_BIT) {
 	case 56:
 		return SYSCALL_CLONE;
