@@ -1026,37 +1026,19 @@ static __always_inline void submit_event(void *ctx, struct event *e, int v)
 }
 
 /* A thread storm creates tens of thousands of tasks a second in one
- * cgroup: checking each would cost it more than the counters do. A CPU
- * checks a cgroup again only after PRESSURE_GATE_NS; at the limits' slack
- * of 64 tasks or more, a cgroup would have to grow by 64k tasks a second to
- * reach its limit unchecked, faster than the hooks could be attached
- * anyway. */
-#define PRESSURE_GATE_NS 1000000
-struct pressure_gate {
-	__u64 key; /* the counting css or cgroup last checked on this CPU */
-	__u64 ns;
-};
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pressure_gate);
-} pressure_gates SEC(".maps");
+ * cgroup: checking each would cost it more than the counters do. A cgroup's
+ * creations are checked on a CPU at the first (the counts' slot newly taken)
+ * and then every PRESSURE_EVERY-th, by the count the counters keep anyway:
+ * no clock read, no further map. The limits' slack is 64 tasks or more, so
+ * a cgroup passes through it checked unless every CPU creating tasks in it
+ * skips its checks at once. */
+#define PRESSURE_EVERY 16
 
-/* Whether a task created in the cgroup key is to be checked now. */
-static __always_inline bool pressure_due(u64 key)
+/* Whether the creation that made a cgroup's count on this CPU reach made
+ * (0: not counted) is to be checked. */
+static __always_inline bool pressure_due(u64 made)
 {
-	u32 zero = 0;
-	struct pressure_gate *g = bpf_map_lookup_elem(&pressure_gates, &zero);
-	u64 now = bpf_ktime_get_ns();
-
-	if (!g)
-		return true;
-	if (g->key == key && now - g->ns < PRESSURE_GATE_NS)
-		return false;
-	g->key = key;
-	g->ns = now;
-	return true;
+	return (made & (PRESSURE_EVERY - 1)) == 1 || !made;
 }
 
 /* The first pids cgroup from css up whose limit is within reach. */
@@ -1578,7 +1560,7 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
 	struct task_counts *c;
 	struct cgroup *cg;
 	bool thread;
-	u64 cgid;
+	u64 cgid, made = 0;
 
 	if (v & V_BTF) {
 		css = task_css_btf(child);
@@ -1596,9 +1578,9 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
 			c->threads_created++;
 		else
 			c->processes_created++;
+		made = c->threads_created + c->processes_created;
 	}
-	if (!(v & (V_OUT_RING | V_OUT_PERF)) && pressure_watch &&
-	    pressure_due((v & V_BTF) ? (u64)css : (u64)cg))
+	if (!(v & (V_OUT_RING | V_OUT_PERF)) && pressure_watch && pressure_due(made))
 		check_pressure(ctx, child, v);
 	if (!tail_on(v))
 		return 0;

@@ -118,12 +118,6 @@ type forkwatchPidsRefusal struct {
 	Pad          [6]uint8
 }
 
-type forkwatchPressureGate struct {
-	_   structs.HostLayout
-	Key uint64
-	Ns  uint64
-}
-
 type forkwatchTaskCounts struct {
 	_                structs.HostLayout
 	ThreadsCreated   uint64
@@ -153,7 +147,6 @@ const (
 	forkwatchMapNodeLimitsNow       = "node_limits_now"
 	forkwatchMapPidsRefusals        = "pids_refusals"
 	forkwatchMapPidsRefusalsClaimed = "pids_refusals_claimed"
-	forkwatchMapPressureGates       = "pressure_gates"
 	forkwatchMapTailedCgroups       = "tailed_cgroups"
 	forkwatchProgFwBtfCgattach      = "fw_btf_cgattach"
 	forkwatchProgFwBtfExit          = "fw_btf_exit"
@@ -276,7 +269,6 @@ type forkwatchMapSpecs struct {
 	NodeLimitsNow       *ebpf.MapSpec `ebpf:"node_limits_now"`
 	PidsRefusals        *ebpf.MapSpec `ebpf:"pids_refusals"`
 	PidsRefusalsClaimed *ebpf.MapSpec `ebpf:"pids_refusals_claimed"`
-	PressureGates       *ebpf.MapSpec `ebpf:"pressure_gates"`
 	TailedCgroups       *ebpf.MapSpec `ebpf:"tailed_cgroups"`
 }
 
@@ -331,7 +323,6 @@ type forkwatchMaps struct {
 	NodeLimitsNow       *ebpf.Map `ebpf:"node_limits_now"`
 	PidsRefusals        *ebpf.Map `ebpf:"pids_refusals"`
 	PidsRefusalsClaimed *ebpf.Map `ebpf:"pids_refusals_claimed"`
-	PressureGates       *ebpf.Map `ebpf:"pressure_gates"`
 	TailedCgroups       *ebpf.Map `ebpf:"tailed_cgroups"`
 }
 
@@ -347,7 +338,6 @@ func (m *forkwatchMaps) Close() error {
 		m.NodeLimitsNow,
 		m.PidsRefusals,
 		m.PidsRefusalsClaimed,
-		m.PressureGates,
 		m.TailedCgroups,
 	)
 }
