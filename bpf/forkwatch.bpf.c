@@ -1027,18 +1027,30 @@ static __always_inline void submit_event(void *ctx, struct event *e, int v)
 
 /* A thread storm creates tens of thousands of tasks a second in one
  * cgroup: checking each would cost it more than the counters do. A cgroup's
- * creations are checked on a CPU at the first (the counts' slot newly taken)
- * and then every PRESSURE_EVERY-th, by the count the counters keep anyway:
- * no clock read, no further map. The limits' slack is 64 tasks or more, so
- * a cgroup passes through it checked unless every CPU creating tasks in it
- * skips its checks at once. */
+ * creations are checked on a CPU at the first (its counts' slot newly
+ * taken), then every PRESSURE_EVERY-th, by the count the counters keep
+ * anyway, and, with BTF, at the first in each new jiffy (a load, where the
+ * clock is a costly read under a hypervisor): a storm pays a check every
+ * 16 creations, a shell starting a task at a time is checked at each. The
+ * limits' slack is 64 tasks or more, so a cgroup passes through it checked
+ * unless every CPU creating tasks in it skips its checks at once. */
 #define PRESSURE_EVERY 16
 
 /* Whether the creation that made a cgroup's count on this CPU reach made
- * (0: not counted) is to be checked. */
-static __always_inline bool pressure_due(u64 made)
+ * (0: not counted) is to be checked; s is its slot, if any. */
+static __always_inline bool pressure_due(struct count_slot *s, u64 made)
 {
-	return (made & (PRESSURE_EVERY - 1)) == 1 || !made;
+	u64 now;
+
+	if ((made & (PRESSURE_EVERY - 1)) == 1 || !made)
+		return true;
+	if (!s)
+		return false;
+	now = bpf_jiffies64();
+	if (s->checked == now)
+		return false;
+	s->checked = now;
+	return true;
 }
 
 /* The first pids cgroup from css up whose limit is within reach. */
@@ -1483,13 +1495,14 @@ static __always_inline void flush_slot(struct count_cache *cc, struct count_slot
  * hit costs nothing more; a miss moves the slot's previous cgroup into
  * counts_by_cgroup and reads the cgroup's id. */
 static __always_inline struct task_counts *cached_counts(struct cgroup_subsys_state *css,
-							 u64 *cgid)
+							 u64 *cgid, struct count_slot **slot)
 {
 	u64 serial = css->serial_nr;
 	struct count_cache *cc;
 	struct count_slot *s;
 	u32 zero = 0;
 
+	*slot = NULL;
 	cc = bpf_map_lookup_elem(&count_slots, &zero);
 	if (!cc) {
 		*cgid = css->cgroup->kn->id;
@@ -1497,6 +1510,7 @@ static __always_inline struct task_counts *cached_counts(struct cgroup_subsys_st
 	}
 	/* Fibonacci hashing: serial numbers are consecutive. */
 	s = &cc->slot[((serial * 0x9E3779B97F4A7C15ULL) >> 56) & (COUNT_SLOTS - 1)];
+	*slot = s;
 	if (s->cgroup_id && s->serial == serial) {
 		*cgid = s->cgroup_id;
 		return &s->c;
@@ -1557,6 +1571,7 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
 					   struct task_struct *child, int v)
 {
 	struct cgroup_subsys_state *css = NULL;
+	struct count_slot *slot = NULL;
 	struct task_counts *c;
 	struct cgroup *cg;
 	bool thread;
@@ -1564,7 +1579,7 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
 
 	if (v & V_BTF) {
 		css = task_css_btf(child);
-		c = cached_counts(css, &cgid);
+		c = cached_counts(css, &cgid, &slot);
 		thread = child->pid != child->tgid;
 	} else {
 		cg = task_cgroup(child, task_pids_css(child));
@@ -1580,7 +1595,7 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
 			c->processes_created++;
 		made = c->threads_created + c->processes_created;
 	}
-	if (!(v & (V_OUT_RING | V_OUT_PERF)) && pressure_watch && pressure_due(made))
+	if (!(v & (V_OUT_RING | V_OUT_PERF)) && pressure_watch && pressure_due(slot, made))
 		check_pressure(ctx, child, v);
 	if (!tail_on(v))
 		return 0;
@@ -1615,6 +1630,7 @@ static __always_inline int exit_status(struct task_struct *task)
 static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int v)
 {
 	struct cgroup_subsys_state *css = NULL;
+	struct count_slot *slot;
 	struct failed_proc *fp = NULL;
 	struct task_counts *c;
 	bool thread, group_dead;
@@ -1626,7 +1642,7 @@ static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int
 
 	if (v & V_BTF) {
 		css = task_css_btf(task);
-		c = cached_counts(css, &cgid);
+		c = cached_counts(css, &cgid, &slot);
 		tgid = task->tgid;
 		thread = task->pid != tgid;
 		group_dead = task->signal->live.counter == 0;

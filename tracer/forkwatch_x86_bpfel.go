@@ -27,6 +27,7 @@ type forkwatchCountCache struct {
 		Serial   uint64
 		CgroupId uint64
 		C        forkwatchTaskCounts
+		Checked  uint64
 	}
 }
 
