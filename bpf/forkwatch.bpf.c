@@ -1029,25 +1029,24 @@ static __always_inline void submit_event(void *ctx, struct event *e, int v)
  * cgroup: checking each would cost it more than the counters do. A cgroup's
  * creations are checked on a CPU at the first (its counts' slot newly
  * taken), then every PRESSURE_EVERY-th, by the count the counters keep
- * anyway, and, with BTF, at the first in each new jiffy (a load, where the
- * clock is a costly read under a hypervisor): a storm pays a check every
- * 16 creations, a shell starting a task at a time is checked at each. The
- * limits' slack is 64 tasks or more, so a cgroup passes through it checked
- * unless every CPU creating tasks in it skips its checks at once. */
+ * anyway, and, with BTF, at the first PRESSURE_GAP_NS after its last check,
+ * timed by the new task's start time (the clock the kernel read for it: a
+ * clock read or a helper call of ours costs tens of ns under a
+ * hypervisor). A storm pays a check every 16 creations; a shell starting a
+ * task at a time is checked at each. The limits' slack is 64 tasks or
+ * more, so a cgroup passes through it checked unless every CPU creating
+ * tasks in it skips its checks at once. */
 #define PRESSURE_EVERY 16
+#define PRESSURE_GAP_NS 1000000
 
 /* Whether the creation that made a cgroup's count on this CPU reach made
- * (0: not counted) is to be checked; s is its slot, if any. */
-static __always_inline bool pressure_due(struct count_slot *s, u64 made)
+ * (0: not counted), at now (ns; 0: unknown), is to be checked; s is the
+ * cgroup's slot, if any. */
+static __always_inline bool pressure_due(struct count_slot *s, u64 made, u64 now)
 {
-	u64 now;
-
 	if ((made & (PRESSURE_EVERY - 1)) == 1 || !made)
 		return true;
-	if (!s)
-		return false;
-	now = bpf_jiffies64();
-	if (s->checked == now)
+	if (!s || !now || now - s->checked < PRESSURE_GAP_NS)
 		return false;
 	s->checked = now;
 	return true;
@@ -1595,7 +1594,8 @@ static __always_inline int on_task_created(void *ctx, struct task_struct *parent
 			c->processes_created++;
 		made = c->threads_created + c->processes_created;
 	}
-	if (!(v & (V_OUT_RING | V_OUT_PERF)) && pressure_watch && pressure_due(slot, made))
+	if (!(v & (V_OUT_RING | V_OUT_PERF)) && pressure_watch &&
+	    pressure_due(slot, made, (v & V_BTF) ? child->start_time : 0))
 		check_pressure(ctx, child, v);
 	if (!tail_on(v))
 		return 0;

@@ -95,7 +95,7 @@ struct count_slot {
 	__u64 serial;
 	__u64 cgroup_id;
 	struct task_counts c;
-	__u64 checked; /* jiffies at the cgroup's last pressure check on this CPU */
+	__u64 checked; /* the cgroup's last pressure check on this CPU (ns) */
 };
 
 #define COUNT_SLOTS 256
