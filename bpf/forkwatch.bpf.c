@@ -1626,14 +1626,25 @@ static __always_inline int exit_status(struct task_struct *task)
 
 /* task is exiting, still in its cgroup, and has left its thread group's live
  * count: the thread group is gone when that count is zero. A thread-group
- * leader's exit counts as the process's. */
+ * leader's exit counts as the process's.
+ *
+ * A process whose forks failed lately is reported when it ends, with how it
+ * ended: by the exit of its last task, or, once exit_group() or a fatal
+ * signal has ended the whole group (SIGNAL_GROUP_EXIT, its status already
+ * set), by the first of its tasks whose exit is seen. A kernel whose tracing
+ * programs can be preempted skips a run now and then (the recursion misses),
+ * and a dying runtime's dozens of threads exit at once: any one of them
+ * reporting it makes a victim lost only if every one of their runs is. The
+ * first to take the process out of failed_procs reports it. */
+#define SIGNAL_GROUP_EXIT 0x00000004 /* include/linux/sched/signal.h, since 2.6 */
+
 static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int v)
 {
 	struct cgroup_subsys_state *css = NULL;
 	struct count_slot *slot;
-	struct failed_proc *fp = NULL;
+	struct failed_proc *fp, victim = {};
 	struct task_counts *c;
-	bool thread, group_dead;
+	bool thread, group_dead, group_exit, is_victim = false;
 	struct cgroup *cg;
 	struct event *e;
 	int status = 0;
@@ -1646,12 +1657,14 @@ static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int
 		tgid = task->tgid;
 		thread = task->pid != tgid;
 		group_dead = task->signal->live.counter == 0;
+		group_exit = task->signal->flags & SIGNAL_GROUP_EXIT;
 	} else {
 		cg = task_cgroup(task, task_pids_css(task));
 		cgid = cgroup_id(cg, v);
 		tgid = BPF_CORE_READ(task, tgid);
 		thread = BPF_CORE_READ(task, pid) != tgid;
 		group_dead = BPF_CORE_READ(task, signal, live.counter) == 0;
+		group_exit = BPF_CORE_READ(task, signal, flags) & SIGNAL_GROUP_EXIT;
 		c = counts_for(cgid);
 	}
 
@@ -1661,34 +1674,34 @@ static __always_inline int on_task_exit(void *ctx, struct task_struct *task, int
 		else
 			c->processes_exited++;
 	}
-	if (group_dead)
+	if (group_dead || group_exit) {
 		fp = bpf_map_lookup_elem(&failed_procs, &tgid);
-	/* A victim exits abnormally (a non-zero code or a fatal signal): a
-	 * process that exits 0 after failed forks coped with them. */
-	if (fp) {
-		status = exit_status(task);
-		if (!status) {
-			bpf_map_delete_elem(&failed_procs, &tgid);
-			fp = NULL;
+		if (fp) {
+			/* Read before the delete frees the entry for reuse. */
+			victim = *fp;
+			status = exit_status(task);
+			/* A victim exits abnormally (a non-zero code or a fatal
+			 * signal): a process that exits 0 after failed forks
+			 * coped with them. */
+			is_victim = bpf_map_delete_elem(&failed_procs, &tgid) == 0 && status;
 		}
 	}
-	if (!fp && !tail_on(v))
+	if (!is_victim && !tail_on(v))
 		return 0;
 	if (v & V_BTF)
 		cg = css->cgroup;
-	if (!fp && !tailed(cg, v))
+	if (!is_victim && !tailed(cg, v))
 		return 0;
 
 	e = new_event(EVENT_TASK_EXITED, task, v);
 	if (!e)
 		return 0;
-	e->kind = group_dead || !thread ? KIND_PROCESS : KIND_THREAD;
-	e->ret = fp ? status : exit_status(task);
-	if (fp) {
-		e->failures = fp->failures;
-		e->last_failure_ns = fp->last_failure_ns;
-		e->syscall = fp->syscall;
-		bpf_map_delete_elem(&failed_procs, &tgid);
+	e->kind = group_dead || !thread || is_victim ? KIND_PROCESS : KIND_THREAD;
+	e->ret = is_victim ? status : exit_status(task);
+	if (is_victim) {
+		e->failures = victim.failures;
+		e->last_failure_ns = victim.last_failure_ns;
+		e->syscall = victim.syscall;
 	}
 	e->cgroup_id = cgid;
 	fill_cgroup_path(e, cg, v);
