@@ -11,7 +11,9 @@
  *	2 "C2 CompilerThread0", "C2 CompilerThread1"
  *	3 "grpc-default-executor-0".."-2"
  *
- * and 5 threads it never names (they keep the process's name). The kernel
+ * and 5 threads it never names (they keep the process's name), and the
+ * pool's first thread, "pool-3-thread-999" (POOL_FIRST once cut), which
+ * starts the leak. The kernel
  * keeps 15 bytes of a name and pthread_setname_np refuses a longer one
  * with ERANGE, so a longer name is cut to 15 bytes first, as the JVM does
  * (C2 CompilerThre, grpc-default-ex).
@@ -93,6 +95,45 @@ static void sleep_until(double t)
 	nanosleep(&ts, NULL);
 }
 
+/* The leak runs in a thread of the pool, which starts the pool's threads:
+ * a new thread is named after the one that starts it until it is renamed,
+ * so none is ever seen under the process's name. */
+#define POOL_FIRST "pool-3-thread-9"
+static double t0, leak_after = 3, exit_after = -1;
+static int leak_rate = 40, leak_max = 2000;
+
+static void *leak(void *arg)
+{
+	double next = t0 + leak_after;
+	int leaked = 0;
+	char name[64];
+
+	(void)arg;
+	pthread_setname_np(pthread_self(), POOL_FIRST);
+	for (;;) {
+		double end = exit_after >= 0 ? t0 + exit_after : 0;
+
+		if (leaked >= leak_max)
+			next = end ? end : now() + 3600;
+		if (end && next >= end) {
+			sleep_until(end);
+			exit(0);
+		}
+		sleep_until(next);
+		if (leaked >= leak_max)
+			continue;
+		if (leaked == 0) {
+			printf("{\"leaking\":true}\n");
+			fflush(stdout);
+		}
+		snprintf(name, sizeof name, "pool-3-thread-%d", 1000 + leaked);
+		start(name);
+		leaked++;
+		next += 1.0 / leak_rate;
+	}
+	return NULL;
+}
+
 static void usage(void)
 {
 	fprintf(stderr, "usage: namedthreads [--cgroup DIR] [--leak-after S] [--leak-rate N] [--leak-max N] [--exit-after S]\n");
@@ -101,10 +142,10 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-	double leak_after = 3, exit_after = -1, t0, next;
-	int leak_rate = 40, leak_max = 2000, i, leaked = 0;
 	const char *cgroup = NULL;
 	char name[64];
+	pthread_t t;
+	int i, err;
 
 	for (i = 1; i < argc; i++) {
 		if (i + 1 >= argc)
@@ -145,29 +186,18 @@ int main(int argc, char **argv)
 	}
 	for (i = 0; i < 5; i++)
 		start(NULL);
+	/* The pool's first thread, which starts the others. */
+	err = pthread_create(&t, &attr, leak, NULL);
+	if (err) {
+		errno = err;
+		die("pthread_create");
+	}
+	err = pthread_setname_np(t, POOL_FIRST);
+	if (err) {
+		errno = err;
+		die("pthread_setname_np");
+	}
 	printf("{\"pid\":%d,\"steady\":9,\"unnamed\":5}\n", getpid());
 	fflush(stdout);
-
-	next = t0 + leak_after;
-	for (;;) {
-		double end = exit_after >= 0 ? t0 + exit_after : 0;
-
-		if (leaked >= leak_max)
-			next = end ? end : now() + 3600;
-		if (end && next >= end) {
-			sleep_until(end);
-			exit(0);
-		}
-		sleep_until(next);
-		if (leaked >= leak_max)
-			continue;
-		if (leaked == 0) {
-			printf("{\"leaking\":true}\n");
-			fflush(stdout);
-		}
-		snprintf(name, sizeof name, "pool-3-thread-%d", 1000 + leaked);
-		start(name);
-		leaked++;
-		next += 1.0 / leak_rate;
-	}
+	hold(NULL);
 }
