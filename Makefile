@@ -53,10 +53,10 @@ test-e2e: ## end-to-end tests on this machine's kernel (root; skipped without, f
 	$(GO) test -count=1 -v ./test/e2e/
 
 fuzz: ## run each fuzz target briefly (seed corpora in testdata/fuzz)
-	$(GO) test -run=NONE -fuzz=FuzzDecodeFailure -fuzztime=10s ./tracer/
-	$(GO) test -run=NONE -fuzz=FuzzAppendFailure -fuzztime=10s ./output/
-	$(GO) test -run=NONE -fuzz=FuzzParseCgroupPath -fuzztime=10s ./output/node/kube/
-	$(GO) test -run=NONE -fuzz=FuzzParsePodLogDirName -fuzztime=10s ./output/node/kube/
+	$(GO) test -run=NONE -fuzz=FuzzDecodeFailure -fuzztime=300000x ./tracer/
+	$(GO) test -run=NONE -fuzz=FuzzAppendFailure -fuzztime=300000x ./output/
+	$(GO) test -run=NONE -fuzz=FuzzParseCgroupPath -fuzztime=300000x ./output/node/kube/
+	$(GO) test -run=NONE -fuzz=FuzzParsePodLogDirName -fuzztime=300000x ./output/node/kube/
 
 test-deploy: ## manifests, alert rules (promtool) and dashboard queries, in deploy/'s own module
 	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
