@@ -98,8 +98,14 @@ func (t *Text) Attached(mode tracer.Mode, attached []tracer.Attachment, state tr
 }
 
 // FailureHooks writes the change to Diag.
+// An arming says how long after the limit was seen within reach the hooks
+// were attached.
 func (t *Text) FailureHooks(at time.Time, hooks tracer.HooksState) error {
-	_, err := fmt.Fprintf(t.Diag, "forkwatch: %s %s\n", at.Format("15:04:05"), hooksText(hooks))
+	var after string
+	if hooks.Armed && !hooks.WithinReach.IsZero() {
+		after = fmt.Sprintf(" (attached %s after)", at.Sub(hooks.WithinReach).Round(time.Millisecond))
+	}
+	_, err := fmt.Fprintf(t.Diag, "forkwatch: %s %s%s\n", at.Format("15:04:05"), hooksText(hooks), after)
 	return err
 }
 

@@ -169,11 +169,12 @@ func TestTextAttachedGoesToDiag(t *testing.T) {
 	w.Diag = &diag
 	w.Attached(tracer.ModeTracepoint, []tracer.Attachment{{Program: "fw_tp_clone", Hook: "tracepoint/syscalls/sys_exit_clone", OnDemand: true}},
 		tracer.HooksState{Policy: tracer.HooksPressure, Reason: "no limit within reach"})
-	w.FailureHooks(time.Date(2026, 3, 4, 14, 2, 11, 0, time.UTC), tracer.HooksState{Armed: true, Policy: tracer.HooksPressure, Reason: "pids cgroup /kubepods at 49100 of 49152"})
+	at := time.Date(2026, 3, 4, 14, 2, 11, 0, time.UTC)
+	w.FailureHooks(at, tracer.HooksState{Armed: true, Policy: tracer.HooksPressure, Reason: "pids cgroup /kubepods at 49100 of 49152", WithinReach: at.Add(-4 * time.Millisecond)})
 	w.Close()
 	if out.Len() != 0 || diag.String() != "forkwatch: tracepoint mode, attached to tracepoint/syscalls/sys_exit_clone (on demand)\n"+
 		"forkwatch: failure hooks not armed: no limit within reach\n"+
-		"forkwatch: 14:02:11 failure hooks armed: pids cgroup /kubepods at 49100 of 49152\n" {
+		"forkwatch: 14:02:11 failure hooks armed: pids cgroup /kubepods at 49100 of 49152 (attached 4ms after)\n" {
 		t.Fatalf("stdout %q, stderr %q", out.String(), diag.String())
 	}
 }

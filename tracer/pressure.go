@@ -37,6 +37,10 @@ type HooksState struct {
 	Armed  bool         `json:"armed"`
 	Policy FailureHooks `json:"policy"`
 	Reason string       `json:"reason"`
+	// WithinReach is when the limit that armed them (HooksPressure) was
+	// seen within reach: the time of the counters' record or of the
+	// reading of the limits. The hooks are attached from the event's time.
+	WithinReach time.Time `json:"within_reach,omitzero"`
 }
 
 // onDemand is a failure hook attached and detached by pressure.
@@ -110,9 +114,9 @@ func (t *Tracer) setupPressure(l *loader, links []link.Link, hooks []onDemand) {
 const jobPressure = "pressure on cgroup moves"
 
 // Arm attaches the failure hooks (HooksPressure) if they are not: reason
-// says which limit came within reach. It reports whether it changed
-// anything.
-func (t *Tracer) Arm(reason string) (bool, error) {
+// says which limit came within reach, and seen when. It reports whether it
+// changed anything.
+func (t *Tracer) Arm(reason string, seen time.Time) (bool, error) {
 	p := &t.pressure
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -131,7 +135,7 @@ func (t *Tracer) Arm(reason string) (bool, error) {
 		links = append(links, lk)
 	}
 	p.links = links
-	p.state.Armed, p.state.Reason = true, reason
+	p.state.Armed, p.state.Reason, p.state.WithinReach = true, reason, seen
 	return true, nil
 }
 
@@ -152,7 +156,7 @@ func (t *Tracer) disarm(reason string) error {
 		errs = append(errs, l.Close())
 	}
 	p.links = nil
-	p.state.Armed, p.state.Reason = false, reason
+	p.state.Armed, p.state.Reason, p.state.WithinReach = false, reason, time.Time{}
 	// Watch, and let the next limit within reach be reported.
 	errs = append(errs, p.sent.Set(uint8(0)), p.watch.Set(uint8(1)))
 	return errors.Join(errs...)

@@ -52,9 +52,9 @@ func (h *hooks) start(now time.Time) error {
 }
 
 // pressure arms the hooks for the pressure record p: a task created or
-// moved within reach of the limit it names.
+// moved within reach of the limit it names, at p.Time.
 func (h *hooks) pressure(p *tracer.Failure) error {
-	return h.arm(tracer.PressureReason(p), time.Now())
+	return h.arm(tracer.PressureReason(p), p.Time)
 }
 
 // failure notes a failure the reader reported.
@@ -119,14 +119,17 @@ func (h *hooks) armNear(near *limits.Pids, now time.Time) error {
 	return h.arm(fmt.Sprintf("pids cgroup %s at %d of %d, as read at %s", near.Path, near.Current, near.Max, now.Format("15:04:05")), now)
 }
 
-func (h *hooks) arm(reason string, now time.Time) error {
-	changed, err := h.t.Arm(reason)
+// arm attaches the hooks for a limit seen within reach at seen, and reports
+// them armed as of the moment they are attached.
+func (h *hooks) arm(reason string, seen time.Time) error {
+	changed, err := h.t.Arm(reason, seen)
 	if err != nil {
 		return fmt.Errorf("attaching the failure hooks: %w", err)
 	}
 	if !changed {
 		return nil
 	}
+	now := time.Now()
 	h.near.Store(max(h.near.Load(), now.UnixNano()))
 	h.armed.Store(now.UnixNano())
 	return h.report(now)

@@ -243,6 +243,7 @@ type event struct {
 	Armed        bool       `json:"armed"`
 	Policy       string     `json:"policy"`
 	Reason       string     `json:"reason"`
+	WithinReach  time.Time  `json:"within_reach"`
 	FailureHooks *hooksJSON `json:"failure_hooks"`
 }
 

@@ -15,9 +15,11 @@ import (
 // An always-on forkwatch in tracepoint mode keeps the failure hooks (the
 // syscall-exit tracepoints, a tax on every syscall of the node) detached
 // while no limit is within reach:
-//   - a pod whose tasks grow to its pids.max (a shell starting sleeps, as a
-//     leaking service starts threads) arms them before its first refusal,
-//     and every refusal pids.events counts is reported;
+//   - a pod whose tasks grow within reach of its pids.max (a shell starting
+//     sleeps, as a leaking service starts threads) arms them, without a
+//     refusal; when it grows on to the limit every refusal pids.events
+//     counts is reported as a failed fork. (How long the attach takes, and
+//     so how fast a leak can outrun it, is measured by make bench.)
 //   - once the pod is gone and nothing is near a limit, they are detached
 //     after the calm period;
 //   - a fork refused with no warning (pids.max lowered under a cgroup's
@@ -46,23 +48,55 @@ func TestFailureHooksArmedByPressure(t *testing.T) {
 		t.Fatal("the failure hooks are armed at start, with no limit within reach")
 	}
 
-	// Growth: a shell starts sleeps in the pod until its pids.max refuses.
+	// Growth: a shell starts sleeps in the pod, 45 (within reach of its
+	// pids.max of 100: headroom below 64), waits, then more until the limit
+	// refuses.
 	tr.setMax(podCg, 100)
-	sh := exec.Command("sh", "-c", fmt.Sprintf("echo $$ > %s/cgroup.procs; for i in $(seq 150); do sleep 30 >/dev/null 2>&1 & done; wait", ctrDir))
-	out, _ := sh.CombinedOutput() // dash gives up at the first refusal
+	grow := fmt.Sprintf("%s/grow", t.TempDir())
+	sh := exec.Command("sh", "-c", fmt.Sprintf("echo $$ > %s/cgroup.procs; for i in $(seq 45); do sleep 60 >/dev/null 2>&1 & done; echo 45; read go < %s; for i in $(seq 150); do sleep 60 >/dev/null 2>&1 & done; wait", ctrDir, grow))
+	if err := syscall.Mkfifo(grow, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := sh.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	sh.Stderr = &stderr
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Process.Kill()
+	defer killCgroup(t, ctrDir)
+	if _, err := fmt.Fscanln(stdout, new(int)); err != nil {
+		t.Fatalf("the shell did not start its first 45 sleeps: %v; %s", err, stderr.String())
+	}
+	if n := pidsRefusals(t, tr, podCg); n != 0 {
+		t.Fatalf("pids.events counts %d refusals at 46 of 100 tasks", n)
+	}
+	armedNow := func() bool { a, _ := fw.hooksArmed(); return a }
+	fw.waitFor("the failure hooks armed by the pod's growth", armedNow)
+	if err := os.WriteFile(grow, []byte("go\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	sh.Wait() // dash gives up at the first refusal
+	out := stderr.String()
 	refused := pidsRefusals(t, tr, podCg)
 	if refused == 0 {
 		t.Fatalf("pids.events counts no refusal in %s; the shell said %q", podCg, out)
 	}
 	inPod := func(e event) bool { return e.Event == "fork_failed" && strings.HasPrefix(e.Cgroup, podCg) }
 	fw.waitFor(fmt.Sprintf("%d failures", refused), func() bool { return int64(len(fw.events(inPod))) >= refused })
-	var armedAt, firstFailure time.Time
+	var armedAt, withinReach, firstFailure time.Time
 	for _, e := range fw.events(func(e event) bool { return e.Event == "failure_hooks" || inPod(e) }) {
 		switch {
 		case e.Event == "failure_hooks" && e.Armed && armedAt.IsZero():
-			armedAt = e.Time
+			armedAt, withinReach = e.Time, e.WithinReach
 			if !strings.Contains(e.Reason, podCg) {
 				t.Errorf("armed for %q, want the pod's cgroup %s", e.Reason, podCg)
+			}
+			if withinReach.IsZero() || withinReach.After(armedAt) {
+				t.Errorf("armed at %v for a limit within reach at %v", armedAt, withinReach)
 			}
 		case inPod(e) && firstFailure.IsZero():
 			firstFailure = e.Time
@@ -104,8 +138,8 @@ func TestFailureHooksArmedByPressure(t *testing.T) {
 	for _, e := range fw.events(func(e event) bool { return e.Event == "failure_hooks" || e.Event == "refusals_unseen" }) {
 		t.Logf("%s %s armed=%v %s", e.Time.Format("15:04:05.000"), e.Event, e.Armed, e.Reason)
 	}
-	t.Logf("armed %v before the first of %d refusals, all reported; %d refused with no warning, %d counted from pids.events",
-		firstFailure.Sub(armedAt), refused, sudden, counted)
+	t.Logf("armed %v after the limit came within reach, before the first of %d refusals, all reported; %d refused with no warning, %d counted from pids.events",
+		armedAt.Sub(withinReach), refused, sudden, counted)
 }
 
 // killCgroup kills the processes in the cgroup directory dir and waits
