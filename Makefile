@@ -111,7 +111,7 @@ test-vm-arm64: ## the end-to-end tests in qemu-system-aarch64 on Debian's arm64 
 	FORKWATCH_VM_KERNELS=arm64:6.1 FORKWATCH_VM_MODES="tracepoint kprobe" FORKWATCH_EXPECT_MODES="tracepoint kprobe" $(VM_RUN_ARM64)
 	FORKWATCH_VM_KERNELS=arm64:newest FORKWATCH_VM_MODES="fentry tracepoint kprobe" FORKWATCH_EXPECT_MODES="fentry tracepoint kprobe" $(VM_RUN_ARM64)
 
-bench: ## measure overhead, failure throughput, CPU, RSS and start time here (root; by hand, ~40 min; BENCH_ARGS=-rss-minutes=1 to shorten)
+bench: ## measure overhead, failure throughput, CPU, RSS, start time and the arming of the failure hooks here (root; by hand, ~40 min; BENCH_ARGS=-rss-minutes=1 to shorten)
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/forkwatch ./cmd/forkwatch
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/storm ./test/storm
 	$(GO) run ./test/bench $(BENCH_ARGS)

@@ -41,7 +41,7 @@ var (
 	cpuTime      = flag.Duration("cpu-time", 20*time.Second, "how long forkwatch's CPU is measured, idle and under load each")
 	rssMinutes   = flag.Float64("rss-minutes", 10, "how long forkwatch runs with 500 pod cgroups before its peak RSS is read")
 	rssCgroups   = flag.Int("rss-cgroups", 500, "pod cgroups existing while RSS is measured")
-	only         = flag.String("only", "", "run only these sections, comma-separated: storms,failures,cpu,threads,start,rss")
+	only         = flag.String("only", "", "run only these sections, comma-separated: storms,failures,cpu,threads,start,arming,rss")
 	kinds        = flag.String("kinds", "thread,process,syscall", "storms section: the storms to run (syscall: a getppid loop, what a tracer adds to every syscall)")
 	mode         = flag.String("mode", "", "forkwatch's --mode (default: its own, auto)")
 	tracersFlag  = flag.String("tracers", "none,forkwatch,always-on,pod,bpftrace", "storms section: the tracers to compare, none being the A/A control, forkwatch ad hoc (failure hooks attached throughout) and always-on (armed by pressure) (also bpftrace-syscalls, bpftrace-counts: forkwatch's two kinds of hooks, each done by bpftrace)")
@@ -152,6 +152,7 @@ func run(ctx context.Context) error {
 		{"cpu", cpuCost},
 		{"threads", flaggedCost},
 		{"start", startup},
+		{"arming", arming},
 		{"rss", rss},
 	}
 	for _, s := range sections {
