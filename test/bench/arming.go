@@ -9,7 +9,6 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"time"
 )
 
@@ -58,7 +57,7 @@ func arming(ctx context.Context, e *env, t *table) error {
 		t.add("failure hooks armed after a limit came within reach", fmt.Sprintf("not measured: in %s mode they are attached throughout", first.Mode), "—", "")
 		return nil
 	}
-	var quiet, busy []time.Duration
+	var quiet, busy []float64 // ms
 	for i := 0; i < 2**pairs; i++ {
 		loaded := i%2 == 1
 		if !loaded {
@@ -68,10 +67,11 @@ func arming(ctx context.Context, e *env, t *table) error {
 		if err != nil {
 			return err
 		}
+		ms := float64(d) / float64(time.Millisecond)
 		if loaded {
-			busy = append(busy, d)
+			busy = append(busy, ms)
 		} else {
-			quiet = append(quiet, d)
+			quiet = append(quiet, ms)
 		}
 	}
 	what := func(load string) string {
@@ -159,15 +159,10 @@ func armOnce(ctx context.Context, e *env, events <-chan armingEvent, loaded bool
 	return armed.Time.Sub(armed.WithinReach), nil
 }
 
-// durations says the median of ds, their spread and count.
-func durations(ds []time.Duration) string {
-	if len(ds) == 0 {
+// durations says the median of ms (milliseconds), their spread and count.
+func durations(ms []float64) string {
+	if len(ms) == 0 {
 		return "no rounds"
 	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	ms := func(d time.Duration) string {
-		return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 1, 64) + " ms"
-	}
-	return fmt.Sprintf("%s (%d rounds, %s–%s)", ms(s[len(s)/2]), len(s), ms(s[0]), ms(s[len(s)-1]))
+	return fmt.Sprintf("%.1f ms (%d rounds, %.1f ms–%.1f ms)", median(ms), len(ms), slices.Min(ms), slices.Max(ms))
 }
